@@ -1,0 +1,38 @@
+# firefly_exp — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.firefly-installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install servers run smoke test test-all bench report clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project (pinned)
+
+servers: install ## install the MCP servers of the catalog (own venv per PyPI server, one npm prefix)
+	$(PY) -m firefly_exp.install
+
+run: servers ## install, then run the default experiment end to end (ARGS="sampler=uniform" to override)
+	$(PY) -m firefly_exp $(ARGS)
+
+smoke: servers ## install, then run the seconds-long smoke experiment
+	$(PY) -m firefly_exp +experiment=smoke $(ARGS)
+
+test: servers ## install, then run the tests (slow ones excluded)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: servers ## the tests, slow ones included
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+clean: ## remove run outputs (keeps installs and the MLflow store)
+	rm -rf outputs/runs outputs/multirun outputs/store outputs/latest

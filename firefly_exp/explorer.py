@@ -1,0 +1,444 @@
+"""Stage 4, explorer: execute each sampled sub-DAG against the live servers and record every call.
+
+Nodes run in topological order. Each DAG gets a fresh copy of the seeded sandbox and fresh
+processes of the stateful servers it uses; stateless servers stay up in a shared pool. A proposer
+builds each call's arguments:
+
+- ``heuristic`` (offline default, no LM): values along the DAG's field mappings from earlier
+  outputs, then values observed earlier in the DAG under the same name, then the catalog's hints,
+  then the JSON schema (enum, default, examples), then a type default; after a tool error it tries
+  the next candidate, within ``max_retries``.
+- ``dspy``: the DSPy program ``programs.explorer.CallProposer`` with the configured LM.
+
+Every call is appended to ``calls.jsonl`` as it returns (server, tool, arguments and where each
+came from, result, error kind, latency, DAG position, state fingerprint); each finished DAG to
+``trajectories.jsonl``. An interrupted exploration resumes: finished DAGs are kept, unfinished
+ones rerun under a new episode id (their partial calls stay on disk but are not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from .mcp_client import ServerHandle, ServerStartError
+from .results import get_path, leaves, result_text, value_of
+from .sampler import rng_for
+from .sandbox import copy_sandbox, seed_sandbox
+from .simulator import SEED_STATE, canonical_args, next_fingerprint
+from .store import JsonlWriter, read_jsonl
+
+
+@dataclass
+class NodeContext:
+    """What a proposer knows when it builds the arguments of one node's call."""
+
+    dag: dict
+    step: int
+    tool: dict                 # tools.parquet row, with input_schema parsed
+    hints: dict                # the server's catalog hints
+    observations: list[dict]   # earlier successful calls of this DAG: {step, tool, arguments, value}
+    in_edges: list[dict]       # DAG edges into this node, with their field mappings
+    rng: Any
+    include_optional_prob: float = 0.5
+
+
+class Proposer(Protocol):
+    def propose(self, ctx: NodeContext, attempt: int, last_error: str | None) -> tuple[dict, dict] | None:
+        """Arguments and, per argument, where its value came from; None when out of ideas."""
+
+
+def _coerce(value: Any, schema: dict) -> Any:
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), None)
+    try:
+        if typ == "integer" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if typ == "integer" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if typ == "number" and isinstance(value, str):
+            return float(value)
+        if typ == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if typ == "array" and not isinstance(value, list):
+            return [value]
+    except ValueError:
+        return value
+    return value
+
+
+def _fits(value: Any, schema: dict) -> bool:
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        return any(_fits(value, {**schema, "type": t}) for t in typ)
+    checks = {"string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "boolean": lambda v: isinstance(v, bool), "array": lambda v: isinstance(v, list),
+              "object": lambda v: isinstance(v, dict), "null": lambda v: v is None}
+    if typ in checks and not checks[typ](value):
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    return True
+
+
+def _type_default(schema: dict) -> Any:
+    typ = schema.get("type")
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), "string")
+    if typ == "integer":
+        return int(schema.get("minimum", 1))
+    if typ == "number":
+        return float(schema.get("minimum", 1))
+    if typ == "boolean":
+        return False
+    if typ == "array":
+        item = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        return [_type_default(item)] if item.get("type") in ("string", "integer", "number") else []
+    if typ == "object":
+        return {}
+    return "example"
+
+
+def _short(value: Any) -> bool:
+    return not isinstance(value, str) or (0 < len(value) <= 300)
+
+
+class HeuristicProposer:
+    """Schema- and data-flow-guided argument builder (no LM): see the module docstring."""
+
+    def candidates(self, name: str, schema: dict, required: bool, ctx: NodeContext) -> list[tuple[Any, str]]:
+        out: list[tuple[Any, str]] = []
+        by_step = {o["step"]: o for o in ctx.observations}
+        for edge in ctx.in_edges:
+            path = (edge.get("mapping") or {}).get(name)
+            src = by_step.get(edge["source_step"])
+            if path is None or src is None:
+                continue
+            if path == "*":
+                value = src["value"] if not isinstance(src["value"], (dict, list)) else None
+                if isinstance(value, str) and "\n" in value.strip():
+                    value = None
+                if value is not None:
+                    out.append((value, f"edge:{src['step']}:"))
+            else:
+                generic = path.replace(".0.", ".{i}.").split(".{i}.")
+                # an array path ("rows.0.name") may be satisfied by any element
+                if len(generic) == 2:
+                    arr = get_path(src["value"], generic[0], None)
+                    if isinstance(arr, list):
+                        for i, item in enumerate(arr[:5]):
+                            v = get_path(item, generic[1], None)
+                            if v is not None and not isinstance(v, (dict, list)):
+                                out.append((v, f"edge:{src['step']}:{generic[0]}.{i}.{generic[1]}"))
+                else:
+                    v = get_path(src["value"], path, None)
+                    if v is not None and not isinstance(v, (dict, list)):
+                        out.append((v, f"edge:{src['step']}:{path}"))
+        for obs in reversed(ctx.observations):  # values seen earlier under the same name
+            for path, v in leaves(obs["value"]):
+                if path.split(".")[-1] == name and v is not None and _short(v):
+                    out.append((v, f"pool:{obs['step']}:{path}"))
+        hinted = list(ctx.hints.get(f"{ctx.tool['name']}.{name}") or ctx.hints.get(name) or [])
+        ctx.rng.shuffle(hinted)
+        out.extend((v, "hint") for v in hinted)
+        for key in ("const", "default"):
+            if key in schema and schema[key] is not None:
+                out.append((schema[key], "schema"))
+        for v in schema.get("examples") or []:
+            out.append((v, "schema"))
+        if schema.get("enum"):
+            out.extend((v, "schema") for v in schema["enum"])
+        if required and not out:
+            out.append((_type_default(schema), "type_default"))
+        seen, unique = set(), []
+        for v, src in out:
+            v = _coerce(v, schema)
+            key = json.dumps(v, sort_keys=True, default=str)
+            if key not in seen and _fits(v, schema):
+                seen.add(key)
+                unique.append((v, src))
+        return unique
+
+    def propose(self, ctx: NodeContext, attempt: int, last_error: str | None) -> tuple[dict, dict] | None:
+        schema = ctx.tool["input_schema"]
+        required = set(schema.get("required") or [])
+        props = schema.get("properties") or {}
+        chosen: dict[str, list] = {}
+        for name, sub in props.items():
+            sub = sub if isinstance(sub, dict) else {}
+            cands = self.candidates(name, sub, name in required, ctx)
+            if not cands:
+                continue
+            if name not in required:
+                # optional parameters: filled along a DAG edge, or sometimes from a hint; never from a
+                # same-named value seen elsewhere, which too often has another meaning
+                cands = [c for c in cands if not c[1].startswith("pool")]
+                if not cands or (cands[0][1] != "hint" and not cands[0][1].startswith("edge")):
+                    continue
+                if cands[0][1] == "hint" and ctx.rng.random() >= ctx.include_optional_prob:
+                    continue
+            chosen[name] = cands
+        if required - set(chosen):
+            return None
+        if attempt == 0:
+            picks = {n: 0 for n in chosen}
+        else:
+            # vary the parameters the error names first, then the others in turn
+            varying = [n for n in chosen if len(chosen[n]) > 1]
+            if not varying:
+                return None
+            named = [n for n in varying if last_error and n in last_error]
+            order = named + [n for n in varying if n not in named]
+            target = order[(attempt - 1) % len(order)]
+            idx = (attempt - 1) // len(order) + 1
+            if idx >= len(chosen[target]):
+                return None
+            picks = {n: 0 for n in chosen}
+            picks[target] = idx
+        args = {n: chosen[n][i][0] for n, i in picks.items()}
+        sources = {n: chosen[n][i][1] for n, i in picks.items()}
+        return args, sources
+
+
+_ERROR_OPENING = re.compile(r"^\W*(?:[\w-]+\s+){0,2}(?:error|exception|traceback)\b|^\W*(?:failed to|invalid)\b",
+                            re.IGNORECASE)
+
+
+def looks_like_error(text: str) -> bool:
+    """A result whose text opens like an error message.
+
+    >>> [looks_like_error(t) for t in ("Error: Only SELECT", "Database error: near", "3 rows", "No errors found")]
+    [True, True, False, False]
+    """
+    return bool(_ERROR_OPENING.match(text.strip()))
+
+
+def make_proposer(kind: str, lm=None, **kwargs) -> Proposer:
+    if kind == "heuristic":
+        return HeuristicProposer()
+    if kind == "dspy":
+        if lm is None:
+            raise ValueError("explorer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use explorer=heuristic")
+        from programs.explorer import DSPyProposer
+
+        return DSPyProposer(lm, fallback=HeuristicProposer(), **kwargs)
+    raise ValueError(f"unknown explorer '{kind}': use heuristic or dspy")
+
+
+@dataclass
+class ExploreSettings:
+    concurrency: int = 3
+    max_retries: int = 3
+    call_timeout_s: float = 15.0
+    dag_timeout_s: float = 120.0
+    startup_timeout_s: float = 30.0
+    include_optional_prob: float = 0.5
+    keep_sandboxes: bool = False
+
+
+@dataclass
+class _Pool:
+    """Stateless servers stay up for the whole exploration; restarted when they crash."""
+
+    specs: dict
+    install_dir: Path
+    sandbox: Path
+    settings: ExploreSettings
+    log_dir: Path
+    handles: dict = field(default_factory=dict)
+    locks: dict = field(default_factory=dict)
+    restarts: int = 0
+
+    async def get(self, server: str) -> ServerHandle:
+        lock = self.locks.setdefault(server, asyncio.Lock())
+        async with lock:
+            h = self.handles.get(server)
+            if h is not None and not h.alive:
+                await h.close()
+                self.restarts += 1
+                h = None
+            if h is None:
+                h = ServerHandle(self.specs[server], self.install_dir, self.sandbox, self.settings.startup_timeout_s,
+                                 self.settings.call_timeout_s, log_dir=self.log_dir)
+                await h.start()
+                self.handles[server] = h
+            return h
+
+    async def close(self) -> None:
+        await asyncio.gather(*(h.close() for h in self.handles.values()), return_exceptions=True)
+
+
+async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: Path, sandboxes: Path,
+                   proposer: Proposer, settings: ExploreSettings, seed: int, install_dir: Path,
+                   calls_out: JsonlWriter) -> dict:
+    episode = uuid.uuid4().hex[:12]
+    started = time.perf_counter()
+    stateful = sorted({tools[n]["server"] for n in dag["nodes"] if specs[tools[n]["server"]].get("stateful")})
+    sandbox = sandboxes / dag["id"]
+    handles: dict[str, ServerHandle] = {}
+    record = {"dag_id": dag["id"], "index": dag["index"], "episode": episode, "steps": [], "n_calls": 0,
+              "n_errors": 0}
+    try:
+        if stateful:
+            if sandbox.exists():
+                shutil.rmtree(sandbox)
+            copy_sandbox(template, sandbox)
+            for server in stateful:
+                h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
+                                 settings.call_timeout_s, log_dir=sandbox / ".logs")
+                await h.start()
+                handles[server] = h
+        fingerprint = SEED_STATE
+        observations: list[dict] = []
+        step_of = {n: i for i, n in enumerate(dag["nodes"])}
+        seq = 0
+        for step, node in enumerate(dag["nodes"]):
+            tool = tools[node]
+            server = tool["server"]
+            in_edges = [{**e, "source_step": step_of[e["source"]]} for e in dag["edges"] if e["target"] == node]
+            ctx = NodeContext(dag, step, tool, dict(specs[server].get("hints") or {}), observations, in_edges,
+                              rng_for(seed, "explore", dag["id"], step), settings.include_optional_prob)
+            last_error, success = None, None
+            for attempt in range(settings.max_retries + 1):
+                proposal = proposer.propose(ctx, attempt, last_error)
+                if proposal is None:
+                    break
+                args, sources = proposal
+                handle = handles.get(server) or await pool.get(server)
+                outcome = await handle.call(tool["name"], args)
+                if not outcome.is_error and looks_like_error(outcome.text()):
+                    # some servers report failures as ordinary text ("Error: ..."): count them as errors
+                    outcome.is_error, outcome.error_kind = True, "tool_error"
+                canon = canonical_args(args, tool["input_schema"])
+                call = {"episode": episode, "dag_id": dag["id"], "dag_index": dag["index"], "step": step,
+                        "attempt": attempt, "seq": seq, "server": server, "tool": tool["name"],
+                        "arguments": args, "arg_sources": sources, "content": outcome.content,
+                        "structured": outcome.structured, "is_error": outcome.is_error,
+                        "error_kind": outcome.error_kind, "latency_ms": round(outcome.latency_ms, 3),
+                        "fingerprint": fingerprint, "mutating": not tool["read_only"]}
+                calls_out.write(call)
+                seq += 1
+                record["n_calls"] += 1
+                if not tool["read_only"]:
+                    fingerprint = next_fingerprint(fingerprint, server, tool["name"], canon, outcome.is_error)
+                if not outcome.is_error:
+                    success = call
+                    break
+                record["n_errors"] += 1
+                last_error = result_text({"content": outcome.content})[:500]
+                if outcome.error_kind in ("crash", "timeout") and server in handles:
+                    break  # a stateful server's state is unknown after a crash: stop this DAG here
+            if success is None:
+                record.update(status="partial" if record["steps"] else "failed",
+                              reason=f"{node}: {last_error or 'no arguments could be built'}"[:300])
+                break
+            observations.append({"step": step, "tool": node, "arguments": success["arguments"],
+                                 "value": value_of(success)})
+            record["steps"].append({"node": node, "seq": success["seq"]})
+        else:
+            record.update(status="complete", reason=None)
+    except ServerStartError as exc:
+        record.update(status="failed", reason=str(exc)[:300])
+    finally:
+        await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
+        if not settings.keep_sandboxes and sandbox.exists():
+            shutil.rmtree(sandbox, ignore_errors=True)
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Path, sandbox_root: Path,
+            out_dir: Path, seed: int, proposer: Proposer, settings: ExploreSettings) -> dict:
+    """Run every DAG (resuming a previous partial run in ``out_dir``); returns the stage metrics."""
+    out_dir = Path(out_dir)
+    tool_rows = {r["tool"]: {**r, "input_schema": json.loads(r["input_schema"])} for r in tools.to_dicts()}
+    known_servers = set(tools["server"].unique().to_list())
+    runnable = [d for d in dags if all(n in tool_rows for n in d["nodes"])]
+    used_specs = [specs[s] for s in sorted(known_servers) if s in specs]
+    template = Path(sandbox_root) / "template"
+    if template.exists():
+        shutil.rmtree(template)
+    seed_sandbox(template, used_specs)
+    pool_dir = Path(sandbox_root) / "pool"
+    copy_sandbox(template, pool_dir) if not pool_dir.exists() else None
+    done = {t["dag_id"]: t for t in read_jsonl(out_dir / "trajectories.jsonl")}
+    todo = [d for d in runnable if d["id"] not in done]
+    if done:
+        print(f"[explorer] resuming: {len(done)} DAGs already explored, {len(todo)} to go")
+
+    async def main() -> None:
+        pool = _Pool(specs, install_dir, pool_dir, settings, Path(sandbox_root) / "logs")
+        gate = asyncio.Semaphore(settings.concurrency)
+        bar = tqdm(total=len(todo), desc="explore DAGs", unit="dag")
+        with JsonlWriter(out_dir / "calls.jsonl") as calls_out, \
+                JsonlWriter(out_dir / "trajectories.jsonl") as traj_out:
+            async def one(dag: dict) -> None:
+                async with gate:
+                    try:
+                        rec = await asyncio.wait_for(
+                            _run_dag(dag, tool_rows, specs, pool, template, Path(sandbox_root) / "dags", proposer,
+                                     settings, seed, install_dir, calls_out), settings.dag_timeout_s)
+                    except asyncio.TimeoutError:
+                        rec = {"dag_id": dag["id"], "index": dag["index"], "episode": None, "steps": [],
+                               "n_calls": 0, "n_errors": 0, "status": "failed",
+                               "reason": f"DAG timed out after {settings.dag_timeout_s}s (explorer.dag_timeout_s)",
+                               "wall_s": settings.dag_timeout_s}
+                    traj_out.write(rec)
+                    bar.update(1)
+
+            try:
+                await asyncio.gather(*(one(d) for d in todo))
+            finally:
+                bar.close()
+                await pool.close()
+        metrics_extra["pool_restarts"] = pool.restarts
+
+    metrics_extra: dict = {}
+    wall = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - wall
+    return exploration_metrics(out_dir, len(dags) - len(runnable), wall, **metrics_extra)
+
+
+def load_trajectories(folder: Path) -> tuple[list[dict], list[dict]]:
+    """Finished trajectories (by DAG index) and the calls of their episodes (in call order)."""
+    trajs = sorted(read_jsonl(Path(folder) / "trajectories.jsonl"), key=lambda t: t["index"])
+    episodes = {t["episode"] for t in trajs if t.get("episode")}
+    calls = [c for c in read_jsonl(Path(folder) / "calls.jsonl") if c["episode"] in episodes]
+    calls.sort(key=lambda c: (c["dag_index"], c["seq"]))
+    return trajs, calls
+
+
+def exploration_metrics(folder: Path, skipped: int = 0, wall_s: float | None = None, **extra) -> dict:
+    trajs, calls = load_trajectories(folder)
+    status = {s: sum(t["status"] == s for t in trajs) for s in ("complete", "partial", "failed")}
+    kinds: dict[str, int] = {}
+    per_server: dict[str, list[int]] = {}
+    for c in calls:
+        if c["error_kind"]:
+            kinds[c["error_kind"]] = kinds.get(c["error_kind"], 0) + 1
+        per_server.setdefault(c["server"], [0, 0])
+        per_server[c["server"]][0] += 1
+        per_server[c["server"]][1] += int(c["is_error"])
+    lat = np.array([c["latency_ms"] for c in calls]) if calls else np.zeros(1)
+    out = {"dags": len(trajs), "dags_skipped_unknown_tools": skipped, **{f"dags_{k}": v for k, v in status.items()},
+           "calls": len(calls), "errors": sum(kinds.values()), **{f"errors_{k}": v for k, v in kinds.items()},
+           "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+           "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+           **{f"failure_rate.{s}": round(e / n, 4) for s, (n, e) in sorted(per_server.items())}, **extra}
+    if wall_s:
+        out["dags_per_s"] = round(len(trajs) / wall_s, 3) if trajs else 0.0
+    return out

@@ -1,0 +1,318 @@
+"""Install the catalog's MCP servers, each in its own environment, offline-runnable afterwards.
+
+    python -m firefly_exp.install                 # every server in conf/servers/catalog.yaml
+    python -m firefly_exp.install git sqlite      # just these
+    python -m firefly_exp.install --config smoke  # the `enabled` list of conf/servers/smoke.yaml
+
+PyPI servers get one virtual environment each (``<install_dir>/pypi/<id>``, the interpreter the
+entry asks for), made with ``uv`` when it is available and ``venv`` + ``pip`` otherwise: their
+pins of ``mcp``, ``fastmcp`` and ``pydantic`` conflict, so they never share one. npm servers all
+go into ``<install_dir>/npm`` from the committed, locked manifest ``servers/npm/`` (``npm ci``).
+
+Installs are idempotent: each prefix gets ``.firefly-installed.json`` holding a hash of what was
+installed, written last, and a later run skips every prefix whose hash still matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from firefly_exp.mcp_client import expand, install_prefix
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ROOT / "conf" / "servers" / "catalog.yaml"
+NPM_MANIFEST = ROOT / "servers" / "npm"
+MARKER = ".firefly-installed.json"
+INSTALL_TIMEOUT_S = 900
+
+_print_lock = threading.Lock()
+
+
+class InstallError(RuntimeError):
+    """One server could not be installed; the message says why in one line."""
+
+
+def _say(line: str) -> None:
+    with _print_lock:
+        print(line, flush=True)
+
+
+def load_catalog(path: Path = CATALOG) -> dict[str, dict]:
+    """The catalog as plain dicts, each with its ``id``."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    catalog = raw.get("catalog", raw)
+    return {key: {**entry, "id": key} for key, entry in catalog.items()}
+
+
+def enabled_ids(config: str) -> list[str]:
+    """The ``enabled`` list of ``conf/servers/<config>.yaml``."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(ROOT / "conf" / "servers" / f"{config}.yaml").get("enabled") or [])
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+def _run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> str:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    except FileNotFoundError:
+        raise InstallError(f"{argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"`{' '.join(argv[:3])} ...` timed out after {INSTALL_TIMEOUT_S}s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines
+        raise InstallError(f"`{' '.join(argv[:4])} ...` failed: {' | '.join(errors[-3:])[:400]}")
+    return proc.stdout
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _read_marker(prefix: Path) -> dict:
+    try:
+        return json.loads((prefix / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_marker(prefix: Path, data: dict) -> None:
+    tmp = prefix / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(prefix / MARKER)
+
+
+def _command_path(spec: dict, install_dir: Path) -> Path:
+    return Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent"))
+
+
+def find_uv() -> str | None:
+    """The ``uv`` executable: next to this interpreter, on PATH, or from the ``uv`` package."""
+    here = Path(sys.executable).parent / "uv"
+    if here.exists():
+        return str(here)
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin  # type: ignore
+
+        return find_uv_bin()
+    except Exception:  # noqa: BLE001 - not installed, or a broken install: fall back to pip
+        return None
+
+
+def find_python(version: str) -> str:
+    """The real executable of ``python<version>`` (pyenv shims resolved)."""
+    shim = shutil.which(f"python{version}")
+    if shim is None:
+        raise InstallError(f"python{version} is not on PATH (install it, e.g. `pyenv install {version}`)")
+    try:
+        out = subprocess.run([shim, "-c", "import sys; print(sys.executable)"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InstallError(f"python{version} does not run: {exc}") from None
+    if out.returncode != 0 or not out.stdout.strip():
+        raise InstallError(f"python{version} does not run: {(out.stderr or '').strip()[-200:]}")
+    return out.stdout.strip()
+
+
+# ------------------------------------------------------------------------------------------ PyPI
+
+def pypi_fingerprint(spec: dict) -> dict:
+    """What an installed PyPI server depends on; hints, seeds and args may change freely."""
+    return {"registry": "pypi", "package": spec["package"], "version": str(spec["version"]),
+            "python": str(spec.get("python", "3.11")), "requirements": list(spec.get("requirements") or [])}
+
+
+def install_pypi(spec: dict, install_dir: Path) -> tuple[str, str]:
+    """(status, installed version) for one PyPI server."""
+    prefix = install_prefix(spec, install_dir)
+    want = _digest(pypi_fingerprint(spec))
+    if _read_marker(prefix).get("hash") == want and _command_path(spec, install_dir).exists():
+        return "up to date", _read_marker(prefix).get("version", "?")
+    python = find_python(str(spec.get("python", "3.11")))
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    wanted = [f"{spec['package']}=={spec['version']}", *[str(r) for r in spec.get("requirements") or []]]
+    uv = find_uv()
+    venv_python = str(prefix / "bin" / "python")
+    if uv:
+        env = {**os.environ, "UV_NO_PROGRESS": "1", "VIRTUAL_ENV": ""}
+        env.pop("VIRTUAL_ENV")
+        _run([uv, "venv", "--quiet", "--python", python, str(prefix)], env=env)
+        _run([uv, "pip", "install", "--quiet", "--python", venv_python, *wanted], env=env)
+    else:
+        _run([python, "-m", "venv", str(prefix)])
+        _run([venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted])
+    command = _command_path(spec, install_dir)
+    if not command.exists():
+        raise InstallError(f"installed, but its command {command} is missing (check `command` in the catalog)")
+    version = _run([venv_python, "-c", "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+                    spec["package"]]).strip()
+    if version != str(spec["version"]):
+        raise InstallError(f"asked for {spec['version']} but {version} was installed")
+    _write_marker(prefix, {"hash": want, "version": version, "spec": pypi_fingerprint(spec),
+                           "installer": "uv" if uv else "pip", "installed_at": time.time()})
+    return "installed", version
+
+
+# ------------------------------------------------------------------------------------------- npm
+
+def _npm_versions(prefix: Path, specs: list[dict]) -> dict[str, str]:
+    versions = {}
+    for spec in specs:
+        meta = prefix / "node_modules" / spec["package"] / "package.json"
+        try:
+            versions[spec["id"]] = json.loads(meta.read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            versions[spec["id"]] = "?"
+    return versions
+
+
+def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path = NPM_MANIFEST) -> dict[str, tuple[str, str]]:
+    """Install every npm server into one prefix; {id: (status, version)} (raises for all)."""
+    prefix = Path(install_dir) / "npm"
+    manifest_path, lock_path = manifest_dir / "package.json", manifest_dir / "package-lock.json"
+    manifest = json.loads(manifest_path.read_text())
+    deps = dict(manifest.get("dependencies") or {})
+    outcome: dict[str, tuple[str, str]] = {}
+    missing = [s for s in specs if deps.get(s["package"]) != str(s["version"])]
+    for spec in missing:
+        outcome[spec["id"]] = (f"FAILED: {spec['package']}@{spec['version']} is not pinned in "
+                               f"{manifest_path.relative_to(ROOT) if manifest_path.is_relative_to(ROOT) else manifest_path} "
+                               f"(has {deps.get(spec['package'], 'nothing')}); add it and regenerate the lock "
+                               f"with `npm install --package-lock-only`", "?")
+    wanted = [s for s in specs if s not in missing]
+    if not wanted:
+        return outcome
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        raise InstallError("node/npm are not on PATH")
+    node_version = _run([node, "--version"]).strip()
+    lock = lock_path.read_bytes() if lock_path.exists() else b""
+    want = _digest({"manifest": manifest_path.read_text(), "lock": hashlib.sha256(lock).hexdigest(),
+                    "node": node_version})
+    marker = _read_marker(prefix)
+    if marker.get("hash") == want and all(_command_path(s, install_dir).exists() for s in wanted):
+        versions = _npm_versions(prefix, wanted)
+        return {**outcome, **{s["id"]: ("up to date", versions[s["id"]]) for s in wanted}}
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / MARKER).unlink(missing_ok=True)
+    shutil.copyfile(manifest_path, prefix / "package.json")
+    env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false",
+           "npm_config_audit": "false"}
+    if lock:
+        shutil.copyfile(lock_path, prefix / "package-lock.json")
+        _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
+    else:
+        _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
+    versions = _npm_versions(prefix, wanted)
+    for spec in wanted:
+        if not _command_path(spec, install_dir).exists():
+            outcome[spec["id"]] = (f"FAILED: installed, but its command {_command_path(spec, install_dir)} is missing", "?")
+        elif versions[spec["id"]] != str(spec["version"]):
+            outcome[spec["id"]] = (f"FAILED: asked for {spec['version']} but {versions[spec['id']]} was installed", "?")
+        else:
+            outcome[spec["id"]] = ("installed", versions[spec["id"]])
+    _write_marker(prefix, {"hash": want, "node": node_version, "versions": versions,
+                           "installed_at": time.time()})
+    return outcome
+
+
+# -------------------------------------------------------------------------------------- together
+
+def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict[str, str]:
+    """Install every spec (PyPI in parallel, npm as one job); {id: status}, never raises for one server.
+
+    A status is ``installed``, ``up to date`` or ``FAILED: <reason>``; one line per server is printed.
+    """
+    install_dir = Path(install_dir).absolute()
+    install_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, str] = {}
+    started = time.perf_counter()
+
+    def report(sid: str, status: str, version: str, seconds: float) -> None:
+        results[sid] = status
+        shown = status if status.startswith("FAILED") else f"{status} ({version})"
+        _say(f"  {sid:<18} {shown}  [{seconds:.1f}s]")
+
+    def pypi_job(spec: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            status, version = install_pypi(spec, install_dir)
+        except Exception as exc:  # noqa: BLE001 - one server's failure must not stop the others
+            status, version = f"FAILED: {exc}", "?"
+        report(spec["id"], status, version, time.perf_counter() - t0)
+
+    def npm_job(group: list[dict]) -> None:
+        t0 = time.perf_counter()
+        try:
+            outcome = install_npm(group, install_dir)
+        except Exception as exc:  # noqa: BLE001
+            outcome = {s["id"]: (f"FAILED: {exc}", "?") for s in group}
+        for spec in group:
+            status, version = outcome[spec["id"]]
+            report(spec["id"], status, version, time.perf_counter() - t0)
+
+    by_registry: dict[str, list[dict]] = {}
+    for spec in specs:
+        by_registry.setdefault(spec.get("registry", "?"), []).append(spec)
+    for registry, group in by_registry.items():
+        if registry not in ("pypi", "npm"):
+            for spec in group:
+                report(spec["id"], f"FAILED: unknown registry '{registry}' (pypi | npm)", "?", 0.0)
+    _say(f"installing {len(specs)} MCP server(s) into {install_dir} "
+         f"({'uv' if find_uv() else 'venv + pip'} for PyPI, {max(1, jobs)} at a time)")
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = []
+        if by_registry.get("npm"):
+            futures.append(pool.submit(npm_job, by_registry["npm"]))  # the longest job goes first
+        futures += [pool.submit(pypi_job, spec) for spec in by_registry.get("pypi", [])]
+        for future in futures:
+            future.result()
+    failed = [sid for sid, status in results.items() if status.startswith("FAILED")]
+    _say(f"{len(results) - len(failed)}/{len(results)} server(s) ready in {time.perf_counter() - started:.1f}s"
+         + (f"; FAILED: {', '.join(sorted(failed))}" if failed else ""))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m firefly_exp.install", description=__doc__.split("\n\n")[0])
+    parser.add_argument("ids", nargs="*", help="catalog ids to install (default: every catalog entry)")
+    parser.add_argument("--all", action="store_true", help="every catalog entry (the default without ids)")
+    parser.add_argument("--config", help="install the `enabled` list of conf/servers/<CONFIG>.yaml")
+    parser.add_argument("--install-dir", type=Path, default=ROOT / ".servers",
+                        help="where environments go (default: <project>/.servers)")
+    parser.add_argument("--jobs", type=int, default=3, help="installs run in parallel (default 3)")
+    parser.add_argument("--catalog", type=Path, default=CATALOG, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    catalog = load_catalog(args.catalog)
+    ids = list(catalog) if args.all else (args.ids or (enabled_ids(args.config) if args.config else list(catalog)))
+    unknown = [i for i in ids if i not in catalog]
+    if unknown:
+        parser.error(f"unknown server id(s): {', '.join(unknown)} (catalog has: {', '.join(catalog)})")
+    results = install_servers([catalog[i] for i in ids], args.install_dir, jobs=args.jobs)
+    ok = [sid for sid, status in results.items() if not status.startswith("FAILED")]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The one way this project launches and talks to an MCP server.
+
+A server is described by its catalog entry (``conf/servers/catalog.yaml``). It is launched over
+stdio with the official ``mcp`` client, with ``cwd`` and ``HOME`` inside a sandbox directory and
+only the environment it declares. Paths inside the sandbox are shown to everything else as
+``/sandbox/...`` (:data:`VIRTUAL_ROOT`): arguments are mapped to real paths on the way in and
+results back to virtual ones on the way out, so recorded calls do not depend on where a run lives.
+
+    async with ServerHandle(spec, install_dir, sandbox) as server:
+        outcome = await server.call("git_log", {"repo_path": "/sandbox/repo"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VIRTUAL_ROOT = "/sandbox"
+
+# Some servers print banners on stdout (time-mcp, office-word); the SDK skips those lines but logs a
+# full traceback for each. They are harmless: keep the log readable.
+logging.getLogger("mcp.client.stdio").setLevel(logging.CRITICAL)
+
+
+class ServerStartError(RuntimeError):
+    """A server could not be launched or did not answer ``initialize``."""
+
+
+@dataclass
+class CallOutcome:
+    """What one ``tools/call`` produced, in plain JSON-able form."""
+
+    content: list[dict]
+    structured: Any
+    is_error: bool
+    error_kind: str | None  # None, "tool_error", "timeout", "crash", "protocol"
+    latency_ms: float
+
+    def text(self) -> str:
+        return "\n".join(c.get("text", "") for c in self.content if c.get("type") == "text")
+
+
+def expand(value: Any, **places: str) -> Any:
+    """Fill ``{env}``/``{sandbox}``-style placeholders in strings, lists and dicts."""
+    if isinstance(value, str):
+        for key, real in places.items():
+            value = value.replace("{" + key + "}", real)
+        return value
+    if isinstance(value, (list, tuple)):
+        return [expand(v, **places) for v in value]
+    if isinstance(value, dict):
+        return {k: expand(v, **places) for k, v in value.items()}
+    return value
+
+
+def install_prefix(spec: dict, install_dir: Path) -> Path:
+    """Where a server's own environment lives: a venv per PyPI server, one prefix for npm."""
+    if spec["registry"] == "npm":
+        return Path(install_dir) / "npm"
+    return Path(install_dir) / "pypi" / spec["id"]
+
+
+def to_real(value: Any, sandbox: Path) -> Any:
+    """Map ``/sandbox/...`` strings inside arguments to the real sandbox path."""
+    if isinstance(value, str):
+        if value == VIRTUAL_ROOT or value.startswith(VIRTUAL_ROOT + "/"):
+            return str(sandbox) + value[len(VIRTUAL_ROOT):]
+        return value.replace("file://" + VIRTUAL_ROOT, "file://" + str(sandbox))
+    if isinstance(value, list):
+        return [to_real(v, sandbox) for v in value]
+    if isinstance(value, dict):
+        return {k: to_real(v, sandbox) for k, v in value.items()}
+    return value
+
+
+def to_virtual(value: Any, sandbox: Path) -> Any:
+    """Map real sandbox paths inside results back to ``/sandbox``."""
+    reals = {str(sandbox), os.path.realpath(sandbox)}
+    if isinstance(value, str):
+        for real in sorted(reals, key=len, reverse=True):
+            value = value.replace(real, VIRTUAL_ROOT)
+        return value
+    if isinstance(value, list):
+        return [to_virtual(v, sandbox) for v in value]
+    if isinstance(value, dict):
+        return {to_virtual(k, sandbox): to_virtual(v, sandbox) for k, v in value.items()}
+    return value
+
+
+def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
+    """StdioServerParameters for a catalog entry: command, args, cwd and a minimal environment."""
+    from mcp import StdioServerParameters
+
+    install_dir, sandbox = Path(install_dir).absolute(), Path(sandbox).absolute()
+    places = {"env": str(install_prefix(spec, install_dir)), "sandbox": str(sandbox)}
+    command = expand(spec["command"], **places)
+    if not Path(command).exists():
+        raise ServerStartError(
+            f"server '{spec['id']}' is not installed ({command} is missing): run `make servers`"
+        )
+    env = {"HOME": str(Path(sandbox) / "home")}
+    env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
+    return StdioServerParameters(
+        command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],
+        env=env, cwd=str(sandbox),
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return json.loads(json.dumps(obj, default=str))
+
+
+@dataclass
+class ServerHandle:
+    """A live MCP server session, owned by its own task so it can be used from any other.
+
+    anyio requires a stdio client to be opened and closed in the same task; the handle runs the
+    session in a background task and lets callers send requests through it.
+    """
+
+    spec: dict
+    install_dir: Path
+    sandbox: Path
+    startup_timeout_s: float = 30.0
+    call_timeout_s: float = 20.0
+    log_dir: Path | None = None
+    server_info: dict = field(default_factory=dict)
+    session: Any = None
+    _task: asyncio.Task | None = None
+    _stop: asyncio.Event | None = None
+    _failure: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        # the server runs with cwd=sandbox: relative paths would resolve against the wrong folder
+        self.install_dir = Path(self.install_dir).absolute()
+        self.sandbox = Path(self.sandbox).absolute()
+
+    @property
+    def id(self) -> str:
+        return self.spec["id"]
+
+    async def start(self) -> "ServerHandle":
+        params = launch_parameters(self.spec, self.install_dir, self.sandbox)
+        Path(self.sandbox, "home").mkdir(parents=True, exist_ok=True)
+        ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        log_dir = Path(self.log_dir or Path(self.sandbox) / ".logs")
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+        async def run() -> None:
+            from mcp import ClientSession, stdio_client
+
+            try:
+                with open(log_dir / f"{self.id}.stderr.log", "a") as errlog:
+                    async with stdio_client(params, errlog=errlog) as (read, write):
+                        async with ClientSession(read, write) as session:
+                            init = await session.initialize()
+                            self.server_info = _jsonable(init.server_info)
+                            self.session = session
+                            ready.set()
+                            await self._stop.wait()
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()/call()
+                self._failure = exc
+            finally:
+                self.session = None
+                ready.set()
+
+        self._task = asyncio.create_task(run())
+        try:
+            await asyncio.wait_for(ready.wait(), self.startup_timeout_s)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ServerStartError(
+                f"server '{self.id}' did not answer initialize within {self.startup_timeout_s}s: "
+                f"see {log_dir}/{self.id}.stderr.log, or raise servers.startup_timeout_s"
+            ) from None
+        if self.session is None:
+            raise ServerStartError(
+                f"server '{self.id}' failed to start ({type(self._failure).__name__}: {self._failure}): "
+                f"see {log_dir}/{self.id}.stderr.log"
+            )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.session is not None and self._task is not None and not self._task.done()
+
+    async def list_tools(self) -> list[dict]:
+        tools, cursor = [], None
+        while True:
+            from mcp import types
+
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await asyncio.wait_for(self.session.list_tools(params=params), self.call_timeout_s)
+            tools.extend(_jsonable(t) for t in page.tools)
+            cursor = getattr(page, "next_cursor", None)
+            if not cursor:
+                return tools
+
+    async def call(self, tool: str, arguments: dict, timeout_s: float | None = None) -> CallOutcome:
+        """Call a tool with virtual-path arguments; never raises for server-side trouble."""
+        timeout = timeout_s or self.call_timeout_s
+        started = time.perf_counter()
+        if not self.alive:
+            return CallOutcome([{"type": "text", "text": f"server '{self.id}' is not running"}],
+                               None, True, "crash", 0.0)
+        try:
+            result = await asyncio.wait_for(
+                self.session.call_tool(tool, to_real(arguments, self.sandbox)), timeout)
+        except asyncio.TimeoutError:
+            return CallOutcome([{"type": "text", "text": f"timed out after {timeout}s"}], None, True,
+                               "timeout", (time.perf_counter() - started) * 1000)
+        except Exception as exc:  # noqa: BLE001 - JSON-RPC errors, broken pipes, bad results
+            closed = "connection closed" in str(exc).lower() or isinstance(exc, (BrokenPipeError, EOFError))
+            if closed:
+                self.session = None  # the process is gone: callers restart it
+            kind = "crash" if closed or not self.alive else "protocol"
+            return CallOutcome([{"type": "text", "text": f"{type(exc).__name__}: {exc}"}], None, True,
+                               kind, (time.perf_counter() - started) * 1000)
+        latency = (time.perf_counter() - started) * 1000
+        content = to_virtual([_jsonable(c) for c in result.content], self.sandbox)
+        structured = to_virtual(_jsonable(result.structured_content), self.sandbox) \
+            if result.structured_content is not None else None
+        is_error = bool(result.is_error)
+        return CallOutcome(content, structured, is_error, "tool_error" if is_error else None, latency)
+
+    async def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                self._task.cancel()
+        self.session = None
+
+    async def __aenter__(self) -> "ServerHandle":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

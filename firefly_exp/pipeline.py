@@ -1,0 +1,262 @@
+"""The orchestrator: the only module that knows Hydra and MLflow.
+
+    catalog --servers--> tools --graph--> tool graph --sampler--> DAGs --explorer--> trajectories
+    trajectories --simulator--> replay cache --synthesizer--> verified tasks --eval--> scores
+
+Each stage is a plain function from inputs and parameters to an artifact folder in the
+content-addressed store; this module builds it from its config group, reuses a finished folder
+whose address is unchanged, logs a nested MLflow run per stage, and writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import PROJECT_ROOT, __version__, evaluate, explorer, graph, sampler, servers, simulator, synthesizer
+from .store import StageStore, code_version, read_jsonl, write_json_atomic
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: printed as one line that names the problem and the fix."""
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    folder: Path
+    metrics: dict
+    reused: bool
+    wall_s: float
+
+
+class Stages:
+    """Runs stages at their content addresses and logs each as a nested MLflow run."""
+
+    def __init__(self, store: StageStore, resume: bool, summary: dict):
+        self.store, self.resume, self.summary = store, resume, summary
+
+    def run(self, name: str, params: Any, inputs: dict[str, StageResult], fn: Callable[[Path], dict],
+            code: tuple, artifacts: tuple[str, ...] = ()) -> StageResult:
+        import mlflow
+
+        from . import tracking
+
+        key = self.store.address(name, params, {k: v.key for k, v in inputs.items()}, code_version(*code))
+        folder = self.store.folder(name, key)
+        manifest = self.store.manifest(folder)
+        if manifest is not None and not self.resume:
+            shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
+            folder, manifest = self.store.folder(name, key), None
+        started = time.perf_counter()
+        if manifest is not None:
+            metrics, reused, wall = manifest["metrics"], True, manifest["wall_s"]
+            print(f"[{name}] reused {folder.relative_to(self.store.root.parent)} (inputs and config unchanged)")
+        else:
+            print(f"[{name}] running -> {folder.relative_to(self.store.root.parent)}")
+            metrics = fn(folder)
+            wall = round(time.perf_counter() - started, 3)
+            reused = False
+            self.store.finish(folder, {"stage": name, "key": key, "params": params, "metrics": metrics,
+                                       "inputs": {k: v.key for k, v in inputs.items()}, "wall_s": wall,
+                                       "code_version": __version__, "finished": time.time()})
+        with mlflow.start_run(run_name=name, nested=True):
+            mlflow.set_tags({"stage": name, "store_key": key, "reused": str(reused)})
+            tracking.log_params(params if isinstance(params, dict) else {"params": params})
+            tracking.log_metrics({**metrics, "wall_s": wall, "reused": float(reused)})
+            tracking.log_artifacts(folder, list(artifacts) + ["manifest.json"], name)
+        result = StageResult(name, key, folder, metrics, reused, wall)
+        self.summary["stages"][name] = {"key": key, "folder": str(folder), "reused": reused, "wall_s": wall,
+                                        "metrics": metrics}
+        return result
+
+
+def server_specs(cfg_servers: dict) -> dict[str, dict]:
+    """The enabled catalog entries, each with its id; unknown ids are a one-line error."""
+    catalog = cfg_servers.get("catalog") or {}
+    enabled = cfg_servers.get("enabled") or sorted(catalog)
+    unknown = [s for s in enabled if s not in catalog]
+    if unknown:
+        raise ConfigError(f"unknown server(s) {', '.join(unknown)} in servers.enabled: known are "
+                          f"{', '.join(sorted(catalog))} (add an entry to conf/servers/catalog.yaml)")
+    return {sid: {**catalog[sid], "id": sid} for sid in enabled}
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
+    """Run the whole experiment described by ``cfg``; returns the summary (also summary.json)."""
+    import mlflow
+
+    from programs.lm import configure_lm
+
+    from . import tracking
+
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(run_dir or _hydra_output_dir() or Path(conf["paths"]["outputs"]) / "runs" /
+                   time.strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    specs = server_specs(conf["servers"])
+    seed = int(conf["seed"])
+    lm = configure_lm(conf.get("lm"))
+    started = time.perf_counter()
+    summary: dict = {"name": conf["name"], "seed": seed, "run_dir": str(run_dir), "version": __version__,
+                     "choices": _hydra_choices(), "lm": (conf.get("lm") or {}).get("model"), "stages": {}}
+    stages = Stages(StageStore(conf["paths"]["store"]), bool(conf.get("resume", True)), summary)
+    exp_id = tracking.setup(conf["mlflow"]["tracking_uri"], conf["mlflow"]["experiment"],
+                            conf["mlflow"].get("artifact_location"))
+    with mlflow.start_run(run_name=f"{conf['name']}-{run_dir.name}") as parent:
+        summary["mlflow"] = {"tracking_uri": conf["mlflow"]["tracking_uri"], "experiment_id": exp_id,
+                             "run_id": parent.info.run_id}
+        mlflow.set_tags({"experiment": conf["name"], "run_dir": str(run_dir), "seed": str(seed),
+                         **{f"choice.{k}": str(v) for k, v in summary["choices"].items()}})
+        tracking.log_params({"seed": seed, "name": conf["name"], **{f"choice.{k}": v for k, v in
+                                                                     summary["choices"].items()}})
+        mlflow.log_artifact(str(run_dir / "config.yaml"))
+        sc, install_dir = conf["servers"], Path(conf["servers"]["install_dir"])
+        sandbox_root = run_dir / "sandbox"
+
+        tools_st = stages.run(
+            "servers", {"specs": specs, "startup_timeout_s": sc["startup_timeout_s"]}, {},
+            lambda out: servers.discover_tools(list(specs.values()), install_dir, sandbox_root, out,
+                                               sc["startup_timeout_s"], sc["call_timeout_s"]),
+            (servers,), ("tools.parquet", "servers.json"))
+        tools = servers.load_tools(tools_st.folder)
+        reports = json.loads((tools_st.folder / "servers.json").read_text())
+        summary["servers"] = [{k: r.get(k) for k in ("id", "status", "server_version", "n_tools", "tools_hash",
+                                                     "reason")} for r in reports]
+        mlflow.log_dict(summary["servers"], "servers.json")
+
+        g = conf["graph"]
+        graph_st = stages.run(
+            "graph", {**g, "lm": summary["lm"]}, {"servers": tools_st},
+            lambda out: graph.build_graph(tools, out, g["weights"], g["thresholds"], g["max_out_degree"],
+                                          g.get("lm_judge"), lm),
+            (graph,), ("edges.parquet", "graph.json", "graph.png"))
+        tool_graph = graph.load_graph(graph_st.folder)
+
+        s = conf["sampler"]
+        dags_st = stages.run(
+            "sampler", {**s, "seed": seed}, {"graph": graph_st},
+            lambda out: sampler.sample_subdags(tool_graph, out, seed, **s),
+            (sampler,), ("dags.jsonl",))
+        dags = read_jsonl(dags_st.folder / "dags.jsonl")
+
+        e = conf["explorer"]
+        settings = explorer.ExploreSettings(**{k: v for k, v in e.items() if k in
+                                               explorer.ExploreSettings.__dataclass_fields__})
+        explore_st = stages.run(
+            "explorer", {**e, "seed": seed, "lm": summary["lm"] if e["kind"] == "dspy" else None},
+            {"sampler": dags_st, "servers": tools_st},
+            lambda out: explorer.explore(dags, tools, specs, install_dir, sandbox_root, out, seed,
+                                         explorer.make_proposer(e["kind"], lm), settings),
+            (explorer,), ())
+        trajectories, calls = explorer.load_trajectories(explore_st.folder)
+
+        sim_st = stages.run(
+            "simulator", conf["simulator"], {"explorer": explore_st},
+            lambda out: simulator.build_simulator(calls, tools, out), (simulator,), ())
+        sim = simulator.Simulator.load(sim_st.folder, tools)
+
+        y = conf["synthesizer"]
+        tool_rows = {r["tool"]: r for r in tools.to_dicts()}
+        writer = None
+        if y["kind"] == "dspy" and lm is not None:
+            from programs.synthesizer import TaskWriter
+
+            writer = TaskWriter(lm)
+        tasks_st = stages.run(
+            "synthesizer", {**y, "seed": seed, "lm": summary["lm"] if y["kind"] == "dspy" else None},
+            {"explorer": explore_st, "simulator": sim_st},
+            lambda out: synthesizer.synthesize_tasks(
+                trajectories, calls, {d["id"]: d for d in dags}, tool_rows, sim, out, seed,
+                **{k: v for k, v in y.items() if k != "kind"}, kind=y["kind"], writer=writer),
+            (synthesizer,), ("tasks.jsonl",))
+        tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
+
+        if (conf.get("train") or {}).get("enabled"):
+            raise ConfigError("train.enabled=true: GRPO training is not implemented yet; use train=none")
+        summary["stages"]["train"] = {"skipped": True, "reason": "train=none"}
+
+        v = conf["eval"]
+        held_out = [t for t in tasks if t["split"] == v["split"]]
+        policies = {"gold": evaluate.gold_policy,
+                    "random": evaluate.make_random_policy(evaluate.tool_schemas(tools.to_dicts()))}
+        unknown = [p for p in v["policies"] if p not in policies]
+        if unknown:
+            raise ConfigError(f"unknown eval policy {unknown}: choose from {sorted(policies)} (eval.policies)")
+        eval_st = stages.run(
+            "eval", {**v, "seed": seed}, {"synthesizer": tasks_st, "simulator": sim_st},
+            lambda out: evaluate.evaluate(held_out, simulator.Simulator.load(sim_st.folder, tools),
+                                          {p: policies[p] for p in v["policies"]}, out, seed, v["k"]),
+            (evaluate,), ("eval.json",))
+
+        summary["wall_s"] = round(time.perf_counter() - started, 3)
+        summary["counts"] = {"servers": tools_st.metrics["servers"], "tools": tools_st.metrics["tools"],
+                             "edges": graph_st.metrics["edges"], "dags": dags_st.metrics["dags"],
+                             "calls": explore_st.metrics["calls"], "verified_tasks": tasks_st.metrics["tasks"],
+                             "test_tasks": len(held_out)}
+        summary["eval"] = eval_st.metrics["policies"]
+        tracking.log_metrics({**{f"count.{k}": v for k, v in summary["counts"].items()},
+                              **{f"eval.{p}.{m}": x for p, ms in summary["eval"].items() for m, x in ms.items()},
+                              "wall_s": summary["wall_s"]})
+        write_json_atomic(run_dir / "summary.json", summary)
+        mlflow.log_artifact(str(run_dir / "summary.json"))
+    _point_latest(Path(conf["paths"]["outputs"]), run_dir)
+    return summary
+
+
+def _hydra_output_dir() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.output_dir
+    except Exception:  # noqa: BLE001 - not running under @hydra.main (tests, library use)
+        return None
+
+
+def _hydra_choices() -> dict:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items()
+                if not k.startswith("hydra") and v is not None}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def _point_latest(outputs: Path, run_dir: Path) -> None:
+    link = outputs / "latest"
+    tmp = outputs / f".latest-{os.getpid()}"
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(os.path.relpath(run_dir, outputs))
+        os.replace(tmp, link)
+    except OSError as exc:
+        print(f"[firefly] could not update {link}: {exc}", file=sys.stderr)
+
+
+def print_summary(summary: dict) -> None:
+    c = summary["counts"]
+    print("\n== firefly_exp run:", summary["run_dir"])
+    print(f"servers {c['servers']} | tools {c['tools']} | edges {c['edges']} | DAGs {c['dags']} | "
+          f"calls {c['calls']} | verified tasks {c['verified_tasks']} (held out {c['test_tasks']})")
+    for name, st in summary["stages"].items():
+        if "wall_s" in st:
+            print(f"  {name:<12} {'reused' if st['reused'] else 'ran   '} {st['wall_s']:>8.1f}s")
+    for policy, m in summary["eval"].items():
+        print(f"  eval {policy:<8} pass@1 {m['pass@1']:.3f}  field accuracy {m['field_accuracy']:.3f}  "
+              f"calls/task {m['calls_per_task']:.2f}")
+    ml = summary["mlflow"]
+    print(f"MLflow run {ml['run_id']} in {ml['tracking_uri']}")
+    print(f"  look at it: .venv/bin/mlflow ui --backend-store-uri {ml['tracking_uri']}  (then open http://127.0.0.1:5000)")
+    print(f"summary: {summary['run_dir']}/summary.json (also outputs/latest/summary.json)")

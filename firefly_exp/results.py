@@ -1,0 +1,133 @@
+"""Reading values out of MCP tool results, and comparing answers.
+
+A result's *value* is its structured content when the server sent one, else its text parsed as
+JSON when it is JSON, else the text itself. Leaves of that value are addressed by paths such as
+``source.datetime`` or ``rows.0.name``.
+
+    >>> value_of({"content": [{"type": "text", "text": '{"a": {"b": [1, 2]}}'}]})
+    {'a': {'b': [1, 2]}}
+    >>> leaves({'a': {'b': [1, 2]}})
+    [('a.b.0', 1), ('a.b.1', 2)]
+    >>> answers_match("  Paris ", "paris"), answers_match("3.0", 3)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from typing import Any
+
+_MISSING = object()
+
+
+def result_text(result: dict) -> str:
+    return "\n".join(c.get("text", "") for c in result.get("content") or [] if c.get("type") == "text")
+
+
+def _parse(text: str) -> Any:
+    text = text.strip()
+    if not text:
+        return text
+    if text[0] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            try:  # some servers print Python reprs
+                value = ast.literal_eval(text)
+                if isinstance(value, (list, dict)):
+                    return value
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                pass
+    return text
+
+
+def value_of(result: dict) -> Any:
+    """The JSON value of a recorded result (see module docstring)."""
+    structured = result.get("structured")
+    if structured is None:
+        structured = result.get("structuredContent")
+    if structured is not None:
+        # FastMCP wraps non-object returns as {"result": ...}
+        if isinstance(structured, dict) and set(structured) == {"result"}:
+            inner = structured["result"]
+            return _parse(inner) if isinstance(inner, str) else inner
+        return structured
+    texts = [c.get("text", "") for c in result.get("content") or [] if c.get("type") == "text"]
+    if len(texts) > 1:
+        return [_parse(t) for t in texts]
+    return _parse(texts[0]) if texts else None
+
+
+def leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """All scalar leaves of a JSON value with their dotted paths (a bare scalar has path '')."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.extend(leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.extend(leaves(v, f"{prefix}.{i}" if prefix else str(i)))
+    else:
+        out.append((prefix, value))
+    return out
+
+
+def get_path(value: Any, path: str, default: Any = _MISSING) -> Any:
+    """Follow a dotted path into a JSON value; '' is the value itself."""
+    if path == "":
+        return value
+    cur = value
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            if default is _MISSING:
+                raise KeyError(path)
+            return default
+    return cur
+
+
+def normalise(value: Any) -> Any:
+    """The form answers are compared in: numbers as floats, text trimmed, spaced and casefolded."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        s = re.sub(r"\s+", " ", value.strip()).casefold()
+        try:
+            f = float(s)
+            if math.isfinite(f):
+                return f
+        except ValueError:
+            pass
+        if s in ("true", "false"):
+            return s == "true"
+        return s
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True)
+
+
+def answers_match(expected: Any, got: Any) -> bool:
+    a, b = normalise(expected), normalise(got)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b
+
+
+def field_name(path: str, taken: set[str] | None = None) -> str:
+    """A readable answer-field name for a leaf path: ``rows.0.city`` -> ``city``."""
+    parts = [p for p in path.split(".") if p and not p.isdigit()]
+    base = re.sub(r"[^0-9a-zA-Z]+", "_", parts[-1] if parts else "result").strip("_").lower() or "result"
+    if base[0].isdigit():
+        base = "f_" + base
+    name, i = base, 2
+    while taken is not None and name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name

@@ -1,0 +1,231 @@
+"""The sandbox: one directory that every server of an exploration sees as ``/sandbox``.
+
+Each catalog entry lists ``seed`` steps that put its data there (a git repo, a sqlite file, a
+folder of documents, a memory store). Seeding is deterministic: the same specs give the same
+bytes every time (fixed git identities and dates, no clocks), so recorded calls replay exactly.
+
+Step kinds, each a one-key mapping plus options, paths relative to the sandbox root:
+
+    {mkdir: rel}                               make a directory (and parents)
+    {write: rel, text: "..."}                  write a UTF-8 text file (parents made)
+    {sqlite: rel, sql: "script"}               run an SQL script with sqlite3.executescript
+    {run: [argv...], cwd: rel, env: {...}}     run a program inside the sandbox
+
+Servers that share data (two sqlite servers on one db file, filesystem + text-editor on one
+folder) list the same steps; an identical step already run for another server is skipped, and a
+different step writing the same path is an error, so shared data can never silently diverge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+STEP_KINDS = ("mkdir", "write", "sqlite", "run")
+
+# Fixed identity and clock for every `run` step: git commits (and anything else that stamps an
+# author or a date) come out byte-identical on every machine and every run.
+FIXED_DATE = "2024-01-15T12:00:00+00:00"
+DETERMINISTIC_ENV = {
+    "GIT_AUTHOR_NAME": "Firefly Seed",
+    "GIT_AUTHOR_EMAIL": "seed@firefly.invalid",
+    "GIT_AUTHOR_DATE": FIXED_DATE,
+    "GIT_COMMITTER_NAME": "Firefly Seed",
+    "GIT_COMMITTER_EMAIL": "seed@firefly.invalid",
+    "GIT_COMMITTER_DATE": FIXED_DATE,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "TZ": "UTC",
+    "LC_ALL": "C",
+    "LANG": "C",
+    "SOURCE_DATE_EPOCH": "1705320000",
+}
+
+# Left out of fingerprints: per-process scratch (HOME, server logs) and git's stat cache, which
+# records inode numbers and ctimes and is rewritten by read-only commands such as `git status`.
+_SKIP_TOP = {"home", ".logs"}
+
+
+class SeedError(ValueError):
+    """A seed step is malformed, escapes the sandbox, conflicts with another, or failed."""
+
+
+def _where(server: str, index: int, step: Any) -> str:
+    return f"server '{server}' seed step {index + 1} ({json.dumps(step, default=str)[:120]})"
+
+
+def _inside(root: Path, rel: Any, where: str) -> Path:
+    """The real path of a sandbox-relative path; refuses absolute paths and `..`."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise SeedError(f"{where}: path must be a non-empty relative string")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith("~") or ".." in pure.parts:
+        raise SeedError(f"{where}: path '{rel}' escapes the sandbox (use a relative path without '..')")
+    path = root.joinpath(*pure.parts)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise SeedError(f"{where}: path '{rel}' resolves outside the sandbox (through a symlink)")
+    return path
+
+
+def _step_kind(step: Any, where: str) -> str:
+    if not isinstance(step, dict):
+        raise SeedError(f"{where}: a step must be a mapping with one of {', '.join(STEP_KINDS)}")
+    kinds = [k for k in STEP_KINDS if k in step]
+    if len(kinds) != 1:
+        raise SeedError(f"{where}: a step needs exactly one of {', '.join(STEP_KINDS)}")
+    return kinds[0]
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (and tuples) to plain JSON-able Python."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a project dependency
+        pass
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _run_env(root: Path, extra: dict | None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "SANDBOX": str(root),
+        **DETERMINISTIC_ENV,
+    }
+    for key, value in (extra or {}).items():
+        env[str(key)] = str(value).replace("{sandbox}", str(root))
+    return env
+
+
+def seed_sandbox(root: Path, specs: list[dict]) -> None:
+    """Run every spec's ``seed`` steps into ``root`` (created, with ``root/home``)."""
+    root = Path(root).absolute()
+    (root / "home").mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}  # canonical step -> server that ran it
+    owner: dict[str, tuple[str, str]] = {}  # written path -> (canonical step, server)
+    for spec in specs:
+        server = str(spec.get("id", "?"))
+        steps = _plain(spec.get("seed") or [])
+        if not isinstance(steps, list):
+            raise SeedError(f"server '{server}': seed must be a list of steps")
+        for index, step in enumerate(steps):
+            where = _where(server, index, step)
+            kind = _step_kind(step, where)
+            key = json.dumps(step, sort_keys=True)
+            if key in done:
+                continue  # the same data, already seeded for another server
+            if kind in ("write", "sqlite"):
+                rel = str(PurePosixPath(str(step[kind])))
+                if rel in owner and owner[rel][1] != server and owner[rel][0] != key:
+                    raise SeedError(
+                        f"{where}: '{rel}' is already seeded differently by server "
+                        f"'{owner[rel][1]}' (servers sharing a path must seed identical content)")
+                owner[rel] = (key, server)
+            _run_step(root, kind, step, where)
+            done[key] = server
+
+
+def _run_step(root: Path, kind: str, step: dict, where: str) -> None:
+    if kind == "mkdir":
+        _inside(root, step["mkdir"], where).mkdir(parents=True, exist_ok=True)
+    elif kind == "write":
+        path = _inside(root, step["write"], where)
+        if "text" not in step or not isinstance(step["text"], str):
+            raise SeedError(f"{where}: a write step needs `text: <string>`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(step["text"].encode("utf-8"))
+    elif kind == "sqlite":
+        path = _inside(root, step["sqlite"], where)
+        if not isinstance(step.get("sql"), str):
+            raise SeedError(f"{where}: a sqlite step needs `sql: <script>`")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path)
+        try:
+            conn.executescript(step["sql"])
+            conn.commit()
+        except sqlite3.Error as exc:
+            raise SeedError(f"{where}: sqlite failed: {exc}") from None
+        finally:
+            conn.close()
+    elif kind == "run":
+        argv = step["run"]
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
+            raise SeedError(f"{where}: `run` needs a non-empty list of arguments")
+        argv = [str(a).replace("{sandbox}", str(root)) for a in argv]
+        cwd = _inside(root, step.get("cwd", "."), where)
+        cwd.mkdir(parents=True, exist_ok=True)
+        if shutil.which(argv[0], path=_run_env(root, None)["PATH"]) is None and not Path(argv[0]).exists():
+            raise SeedError(f"{where}: program '{argv[0]}' is not installed")
+        try:
+            proc = subprocess.run(argv, cwd=cwd, env=_run_env(root, step.get("env")),
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=float(step.get("timeout_s", 60)))
+        except subprocess.TimeoutExpired:
+            raise SeedError(f"{where}: timed out") from None
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise SeedError(f"{where}: exited with {proc.returncode}: {tail[0][:200]}")
+
+
+def copy_sandbox(template: Path, dest: Path) -> Path:
+    """A fresh copy of a seeded sandbox (symlinks kept as links); ``dest`` is replaced."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
+def _skipped(rel: PurePosixPath) -> bool:
+    if rel.parts and rel.parts[0] in _SKIP_TOP:
+        return True
+    # git's stat cache (inode numbers, ctimes) and lock files change without any content change
+    return ".git" in rel.parts[:-1] and rel.name in ("index", "index.lock")
+
+
+def fingerprint(root: Path) -> str:
+    """sha256 over relative paths, kinds and bytes of everything in the sandbox.
+
+    Skips ``home/`` and ``.logs/`` (per-process scratch) and ``.git/index`` (a stat cache that
+    read-only git commands rewrite). Equal fingerprints mean equal content.
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            path = base / name
+            rel = PurePosixPath(path.relative_to(root).as_posix())
+            if _skipped(rel):
+                if name in dirnames:
+                    dirnames.remove(name)
+                continue
+            if path.is_symlink():
+                digest.update(b"L\0" + str(rel).encode() + b"\0" + os.readlink(path).encode() + b"\0")
+            elif path.is_dir():
+                digest.update(b"D\0" + str(rel).encode() + b"\0")
+            elif path.is_file():
+                digest.update(b"F\0" + str(rel).encode() + b"\0")
+                file_digest = hashlib.sha256()
+                with open(path, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        file_digest.update(chunk)
+                digest.update(file_digest.digest())
+    return digest.hexdigest()

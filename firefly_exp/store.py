@@ -1,0 +1,110 @@
+"""The content-addressed stage store: one folder per (stage, parameters, inputs, code).
+
+A stage's address is a hash of its name, its resolved parameters, the addresses of the stages it
+reads and the source of its module. ``manifest.json`` is written last: a folder without one is
+unfinished (a stage may resume from what it holds) and a folder with one is reused as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """A short sha256 of a JSON-able object, independent of key order."""
+    data = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:n]
+
+
+def code_version(*objects: Any) -> str:
+    """A hash of the source of the modules that implement a stage."""
+    sources = [inspect.getsource(inspect.getmodule(o) or o) for o in objects]
+    return stable_hash(sources)
+
+
+class StageStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def address(self, stage: str, params: Any, inputs: dict[str, str], code: str) -> str:
+        return stable_hash({"stage": stage, "params": params, "inputs": inputs, "code": code})
+
+    def folder(self, stage: str, key: str) -> Path:
+        path = self.root / stage / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self, folder: Path) -> dict | None:
+        path = Path(folder) / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def finish(self, folder: Path, manifest: dict) -> None:
+        write_json_atomic(Path(folder) / MANIFEST, manifest)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSONL record file, skipping a torn last line left by a killed writer."""
+    rows = []
+    if not Path(path).exists():
+        return rows
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+class JsonlWriter:
+    """Append-only JSONL, flushed and fsynced per record."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._fh = open(self.path, "a")
+
+    def _repair(self) -> None:
+        # A process killed mid-write leaves a partial last line: cut it so appends stay valid.
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as fh:
+                fh.truncate(cut)
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,227 @@
+"""Stage 5, synthesizer: backward task synthesis from recorded trajectories, then verification.
+
+From what a trajectory observed, write a task (the question), an answer schema (named, typed
+fields) and the answer values, taken from recorded outputs, so the label is correct by
+construction. Field selection is always done here from recorded outputs; only the wording of the
+question may come from an LM:
+
+- ``template`` (offline default): the question is assembled from phrase templates, naming the
+  given arguments and saying which earlier result feeds which later argument;
+- ``dspy``: the DSPy program ``programs.synthesizer.TaskWriter`` words the question with the
+  configured LM (checked for leaked answers like the template's).
+
+Verification keeps a task only if (1) every answer value is found at its provenance (call, path)
+in a recorded output, (2) its gold chain replays in the simulator to identical outputs and the
+answer read from the replay equals the label, (3) it is not a duplicate. A seeded rule splits by
+DAG, so tasks from one trajectory never straddle train and test. Writes ``tasks.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .results import answers_match, field_name, get_path, leaves, normalise, value_of
+from .sampler import rng_for
+from .simulator import Simulator
+from .store import JsonlWriter, stable_hash
+
+INTROS = ["Using the available tools, do the following.", "Work through these steps with the tools provided.",
+          "You have access to several tools. Complete this task.", "Please carry out this workflow."]
+STEP_FORMS = ["Step {n}: call {tool} ({desc}){args}.", "Step {n}: use {tool} to {desc_lc}{args}.",
+              "{n}. Run {tool}{args} ({desc_lc})."]
+ASK_FORMS = ["Answer with a JSON object with the fields: {fields}.",
+             "Report the result as JSON with these fields: {fields}.",
+             "Return a JSON object containing {fields}."]
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
+
+
+def _describe(desc: str) -> str:
+    first = (desc or "").split(". ")[0].strip().rstrip(".")
+    return (first[:110] + "...") if len(first) > 110 else first or "no description"
+
+
+def _arg_text(call: dict, steps_by_seq: dict[int, int]) -> str:
+    parts = []
+    for name, value in call["arguments"].items():
+        src = (call.get("arg_sources") or {}).get(name, "")
+        if src.startswith(("edge:", "pool:")):
+            _, step, path = src.split(":", 2)
+            what = path.split(".")[-1] if path else "result"
+            parts.append(f"{name} set to the {what} obtained in step {int(step) + 1}")
+        else:
+            parts.append(f"{name}={json.dumps(value, ensure_ascii=False)}")
+    return (" with " + ", ".join(parts)) if parts else ""
+
+
+def candidate_fields(value: Any, max_len: int) -> list[tuple[str, Any]]:
+    out = []
+    for path, v in leaves(value):
+        if v is None or isinstance(v, (dict, list)):
+            continue
+        if isinstance(v, str):
+            s = v.strip()
+            if not s or len(s) > max_len or "\n" in s:
+                continue
+        out.append((path, v))
+    return out
+
+
+def _leaks(value: Any, question: str) -> bool:
+    text = normalise(question)
+    v = normalise(value)
+    if isinstance(v, bool) or v is None:
+        return False
+    if isinstance(v, float):
+        numbers = {float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", question)}
+        return v in numbers
+    return len(v) >= 3 and v in text
+
+
+def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
+    lines = [rng.choice(INTROS)]
+    for i, call in enumerate(gold):
+        row = tools[f"{call['server']}/{call['tool']}"]
+        desc = _describe(row["description"])
+        lines.append(rng.choice(STEP_FORMS).format(
+            n=i + 1, tool=call["tool"], desc=desc, desc_lc=desc[:1].lower() + desc[1:],
+            args=_arg_text(call, {})))
+    field_text = "; ".join(f"{name} ({spec['type']}): {spec['description']}" for name, spec in fields.items())
+    lines.append(rng.choice(ASK_FORMS).format(fields=field_text))
+    return " ".join(lines)
+
+
+def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str, dict], tools: dict,
+                     simulator: Simulator, out_dir: Path, seed: int, kind: str = "template",
+                     tasks_per_trajectory: int = 2, max_fields: int = 3, max_value_len: int = 80,
+                     include_partial: bool = True, test_fraction: float = 0.3, writer=None) -> dict:
+    """Write verified tasks to tasks.jsonl; returns the stage metrics."""
+    if kind == "dspy" and writer is None:
+        raise ValueError("synthesizer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use synthesizer=template")
+    by_seq = {(c["episode"], c["seq"]): c for c in calls}
+    rejected: Counter = Counter()
+    tasks: list[dict] = []
+    seen: set[str] = set()
+    for traj in trajectories:
+        if not traj["steps"] or (traj["status"] != "complete" and not include_partial):
+            continue
+        gold_full = [by_seq[(traj["episode"], s["seq"])] for s in traj["steps"]]
+        dag = dags.get(traj["dag_id"], {})
+        per_step = []
+        for k, call in enumerate(gold_full):
+            row = tools[f"{call['server']}/{call['tool']}"]
+            per_step.append([] if row["volatile"] else candidate_fields(value_of(call), max_value_len))
+        # variants: answer from the last informative step, then from an earlier step plus the last
+        informative = [k for k, c in enumerate(per_step) if c]
+        if not informative:
+            rejected["no_answerable_output"] += 1
+            continue
+        variants = [[informative[-1]]]
+        for k in reversed(informative[:-1]):
+            variants.append([k, informative[-1]])
+        for v_index, steps in enumerate(variants[:tasks_per_trajectory]):
+            rng = rng_for(seed, "synth", traj["dag_id"], v_index)
+            last = max(steps)
+            gold = gold_full[: last + 1]
+            picks: list[tuple[int, str, Any]] = []
+            for k in steps:
+                cands = list(per_step[k])
+                rng.shuffle(cands)
+                quota = max(1, (max_fields - len(picks)) // (len(steps) - steps.index(k)))
+                names_here = set()
+                for path, value in cands:
+                    key = path.split(".")[-1]
+                    if key in names_here:
+                        continue
+                    names_here.add(key)
+                    picks.append((k, path, value))
+                    if len(names_here) >= quota:
+                        break
+            fields, answer, provenance, taken = {}, {}, {}, set()
+            for k, path, value in picks:
+                name = field_name(path or gold[k]["tool"] + "_result", taken)
+                taken.add(name)
+                what = path.split(".")[-1] if path and not path.split(".")[-1].isdigit() else "result"
+                fields[name] = {"type": _json_type(value),
+                                "description": f"the {what} returned by {gold[k]['tool']} in step {k + 1}"}
+                answer[name] = value
+                provenance[name] = {"step": k, "seq": gold[k]["seq"], "path": path,
+                                    "tool": f"{gold[k]['server']}/{gold[k]['tool']}"}
+            if kind == "dspy":
+                question = writer(gold, tools, fields)
+            else:
+                question = template_question(gold, tools, fields, rng)
+            for name in [n for n, v in answer.items() if _leaks(v, question)]:
+                fields.pop(name), answer.pop(name), provenance.pop(name)
+                rejected["field_leaked_in_question"] += 1
+            if not answer:
+                rejected["all_fields_leaked"] += 1
+                continue
+            if kind != "dspy":
+                question = template_question(gold, tools, fields, rng_for(seed, "synth", traj["dag_id"], v_index))
+            task = {
+                "question": question, "answer_schema": fields, "answer": answer, "provenance": provenance,
+                "gold_calls": [{"server": c["server"], "tool": c["tool"], "arguments": c["arguments"]} for c in gold],
+                "gold_results": [{"content": c["content"], "structured": c.get("structured"),
+                                  "is_error": c["is_error"]} for c in gold],
+                "tools": sorted(t for t in tools if t.split("/")[0] in {c["server"] for c in gold}),
+                "difficulty": {"calls": len(gold), "servers": len({c["server"] for c in gold}),
+                               "depth": min(dag.get("depth", len(gold)), len(gold))},
+                "dag_id": traj["dag_id"], "synthesizer": kind, "seed": seed,
+            }
+            task["id"] = "task-" + stable_hash([task["question"], task["answer"], task["gold_calls"]], 12)
+            reason = verify_task(task, simulator)
+            if reason:
+                rejected[reason] += 1
+                continue
+            dedup = stable_hash([normalise(task["question"]), {k: normalise(v) for k, v in answer.items()}])
+            if dedup in seen:
+                rejected["duplicate"] += 1
+                continue
+            seen.add(dedup)
+            task["split"] = "test" if rng_for(seed, "split", traj["dag_id"]).random() < test_fraction else "train"
+            tasks.append(task)
+    with JsonlWriter(Path(out_dir) / "tasks.jsonl") as out:
+        for t in tasks:
+            out.write(t)
+    explored = sum(1 for t in trajectories)
+    return {"tasks": len(tasks), "train": sum(t["split"] == "train" for t in tasks),
+            "test": sum(t["split"] == "test" for t in tasks),
+            "yield_per_dag": round(len(tasks) / max(explored, 1), 4),
+            "calls_per_task": round(sum(len(t["gold_calls"]) for t in tasks) / max(len(tasks), 1), 3),
+            "fields_per_task": round(sum(len(t["answer"]) for t in tasks) / max(len(tasks), 1), 3),
+            "multi_server_fraction": round(sum(t["difficulty"]["servers"] > 1 for t in tasks) / max(len(tasks), 1), 4),
+            "multi_step_fraction": round(sum(len(t["gold_calls"]) > 1 for t in tasks) / max(len(tasks), 1), 4),
+            **{f"rejected.{k}": v for k, v in sorted(rejected.items())}}
+
+
+def verify_task(task: dict, simulator: Simulator) -> str | None:
+    """None when the task holds, else the reason it does not."""
+    for name, prov in task["provenance"].items():
+        recorded = value_of(task["gold_results"][prov["step"]])
+        if not answers_match(task["answer"][name], get_path(recorded, prov["path"], None)):
+            return "provenance_mismatch"
+    episode = simulator.episode()
+    replayed = []
+    for call, recorded in zip(task["gold_calls"], task["gold_results"]):
+        got = episode.step(call["server"], call["tool"], call["arguments"])
+        if got["hit"] != "exact" or got["content"] != recorded["content"] or \
+                got.get("structured") != recorded.get("structured") or got["is_error"] != recorded["is_error"]:
+            return "replay_mismatch"
+        replayed.append(got)
+    for name, prov in task["provenance"].items():
+        if not answers_match(task["answer"][name], get_path(value_of(replayed[prov["step"]]), prov["path"], None)):
+            return "replay_answer_mismatch"
+    return None

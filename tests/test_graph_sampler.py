@@ -1,0 +1,95 @@
+import json
+
+import networkx as nx
+import polars as pl
+import pytest
+
+from firefly_exp.graph import build_graph, flow_score, load_graph, output_fields
+from firefly_exp.sampler import sample_subdags
+from firefly_exp.store import read_jsonl
+
+
+def _tool(server, name, desc, inputs, outputs=None, required=None):
+    return {"tool": f"{server}/{name}", "server": server, "name": name, "description": desc,
+            "input_schema": json.dumps({"type": "object", "properties": inputs,
+                                        "required": required if required is not None else list(inputs)}),
+            "output_schema": json.dumps({"type": "object", "properties": outputs}) if outputs else None,
+            "annotations": "{}", "read_only": True, "volatile": False, "domain": server, "stateful": False,
+            "server_name": server, "server_version": "1", "schema_hash": name}
+
+
+@pytest.fixture
+def tools():
+    s = {"type": "string"}
+    return pl.DataFrame([
+        _tool("files", "list_files", "List files in a folder", {"folder": s}, {"path": s, "size": {"type": "integer"}}),
+        _tool("files", "read_file", "Read a file", {"path": s}, {"content": s}),
+        _tool("files", "stat_file", "File size and times", {"path": s}, {"size": {"type": "integer"}}),
+        _tool("text", "count_words", "Count words in a text", {"text": s}, {"words": {"type": "integer"}}),
+        _tool("math", "double", "Double a number", {"size": {"type": "number"}}, {"value": {"type": "number"}}),
+        _tool("clock", "now", "Current time", {}, {"time": s}),
+    ])
+
+
+def test_flow_score_maps_matching_fields():
+    score, mapping = flow_score(output_fields({"properties": {"path": {"type": "string"}}}),
+                                [("path", "string", True), ("mode", "string", False)])
+    assert score == 1.0 and mapping == {"path": "path"}
+    assert output_fields(None) == [("*", "string")]
+
+
+def test_graph_edges_follow_data_flow(tools, tmp_path):
+    m = build_graph(tools, tmp_path, {"flow": 1.0, "similarity": 0.0}, {"low": 0.3, "medium": 0.5, "high": 0.8})
+    g = load_graph(tmp_path)
+    assert g.has_edge("files/list_files", "files/read_file")
+    assert g["files/list_files"]["files/read_file"]["mapping"] == {"path": "path"}
+    assert g.has_edge("files/list_files", "math/double")           # size -> size, number accepts integer
+    assert not g.has_edge("files/read_file", "math/double")
+    assert not any(v == "clock/now" for _, v in g.edges)             # no inputs, nothing feeds it
+    assert m["edges"] == g.number_of_edges() and m["tools"] == 6
+    assert (tmp_path / "graph.png").stat().st_size > 0 and (tmp_path / "edges.parquet").exists()
+
+
+def test_graph_with_offline_embeddings(tools, tmp_path):
+    m = build_graph(tools, tmp_path, {"flow": 0.6, "similarity": 0.4}, {"low": 0.3, "medium": 0.45, "high": 0.6})
+    edges = pl.read_parquet(tmp_path / "edges.parquet")
+    assert m["edges"] == edges.height > 0
+    assert edges["similarity"].max() > 0  # the embedding model ran
+    assert set(edges["confidence"].unique()) <= {"low", "medium", "high"}
+
+
+def _graph():
+    g = nx.DiGraph()
+    for i in range(8):
+        g.add_node(f"s{i % 3}/t{i}", server=f"s{i % 3}")
+    for i in range(8):
+        for j in (1, 2, 3):
+            g.add_edge(f"s{i % 3}/t{i}", f"s{(i + j) % 8 % 3}/t{(i + j) % 8}", score=0.5 + 0.1 * j,
+                       confidence="high", mapping={"x": "y"})
+    return g
+
+
+def test_random_walk_is_seeded_distinct_and_bounded(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for p in (a, b, c):
+        p.mkdir()
+    m = sample_subdags(_graph(), a, seed=7, n_dags=20, min_size=2, max_size=4, max_depth=3)
+    sample_subdags(_graph(), b, seed=7, n_dags=20, min_size=2, max_size=4, max_depth=3)
+    sample_subdags(_graph(), c, seed=8, n_dags=20, min_size=2, max_size=4, max_depth=3)
+    da, db, dc = (read_jsonl(p / "dags.jsonl") for p in (a, b, c))
+    assert [d["id"] for d in da] == [d["id"] for d in db]
+    assert [d["id"] for d in da] != [d["id"] for d in dc]
+    assert m["dags"] == 20 and len({d["id"] for d in da}) == 20
+    for d in da:
+        assert 2 <= len(d["nodes"]) <= 4 and d["depth"] <= 3
+        pos = {n: i for i, n in enumerate(d["nodes"])}
+        assert all(pos[e["source"]] < pos[e["target"]] for e in d["edges"])  # topological order
+        assert d["shape"] in {"chain", "fan_out", "fan_in", "mixed"}
+
+
+def test_uniform_ignores_the_graph(tmp_path):
+    m = sample_subdags(_graph(), tmp_path, seed=1, strategy="uniform", n_dags=10, min_size=2, max_size=3)
+    dags = read_jsonl(tmp_path / "dags.jsonl")
+    assert m["dags"] == 10 and all(d["edges"] == [] and d["sampler"] == "uniform" for d in dags)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_subdags(_graph(), tmp_path, seed=1, strategy="bogus")

@@ -1,0 +1,80 @@
+"""The whole pipeline on real MCP servers (the smoke experiment: a few servers, one stateful)."""
+
+import json
+
+import mlflow
+import pytest
+
+from conftest import installed
+from firefly_exp.pipeline import run
+from firefly_exp.store import read_jsonl
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    from conftest import make_config
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = make_config(tmp, ["+experiment=smoke"])
+    missing = [s for s in cfg.servers.enabled if not installed(s)]
+    if missing:
+        pytest.skip(f"servers not installed: {missing} (run `make servers`)")
+    first = run(cfg, tmp / "run1")
+    second = run(cfg, tmp / "run2")   # same config: every stage reused
+    fresh = make_config(tmp, ["+experiment=smoke", f"paths.store={tmp}/store2"])
+    third = run(fresh, tmp / "run3")  # same seed, empty store: recomputed from scratch
+    return first, second, third, tmp
+
+
+def test_runs_end_to_end_with_verified_tasks(smoke_runs):
+    first, *_ = smoke_runs
+    c = first["counts"]
+    assert c["servers"] >= 3 and c["tools"] > 10 and c["edges"] > 0 and c["dags"] > 0 and c["calls"] > 0
+    assert c["verified_tasks"] >= 5 and c["test_tasks"] >= 1
+    assert first["eval"]["gold"]["pass@1"] == 1.0                    # labels replay exactly
+    assert first["eval"]["random"]["pass@1"] < first["eval"]["gold"]["pass@1"]
+    tasks = read_jsonl(first["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
+    calls = {(c["server"], c["tool"]) for t in tasks for c in t["gold_calls"]}
+    stateful = {s["id"] for s in first["servers"]} & {"sqlite", "memory", "git", "filesystem", "mcp-sqlite", "text-editor"}
+    assert any(server in stateful for server, _ in calls)             # a stateful server is exercised
+    for task in tasks:
+        assert task["answer"] and set(task["answer"]) == set(task["provenance"]) == set(task["answer_schema"])
+        for name, prov in task["provenance"].items():
+            assert 0 <= prov["step"] < len(task["gold_calls"])
+        for value in task["answer"].values():  # no answer is given away in the question
+            if isinstance(value, str) and len(value) >= 3:
+                assert value.strip().casefold() not in task["question"].casefold()
+
+
+def test_summary_latest_and_mlflow(smoke_runs):
+    first, second, _, tmp = smoke_runs
+    summary = json.loads((tmp / "run1" / "summary.json").read_text())
+    assert set(summary) >= {"counts", "stages", "eval", "mlflow", "servers", "wall_s", "seed"}
+    for stage in ("servers", "graph", "sampler", "explorer", "simulator", "synthesizer", "eval"):
+        assert summary["stages"][stage]["wall_s"] >= 0 and "metrics" in summary["stages"][stage]
+    assert (tmp / "outputs" / "latest").resolve() == (tmp / "run3").resolve()   # the newest run
+    assert all(s["server_version"] and s["tools_hash"] for s in summary["servers"] if s["status"] == "ok")
+    mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
+    parent = mlflow.get_run(summary["mlflow"]["run_id"])
+    children = mlflow.search_runs(experiment_ids=[summary["mlflow"]["experiment_id"]],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  output_format="list")
+    assert {r.data.tags["stage"] for r in children} >= {"servers", "graph", "explorer", "synthesizer", "eval"}
+    assert parent.data.metrics["count.verified_tasks"] == summary["counts"]["verified_tasks"]
+
+
+def test_second_run_reuses_every_stage(smoke_runs):
+    first, second, _, _ = smoke_runs
+    assert all(st["reused"] for name, st in second["stages"].items() if "reused" in st)
+    assert second["counts"] == first["counts"]
+
+
+def test_same_seed_same_dags_and_tasks(smoke_runs):
+    first, _, third, _ = smoke_runs
+    assert not any(st["reused"] for st in third["stages"].values() if "reused" in st)
+    dags = [read_jsonl(r["stages"]["sampler"]["folder"] + "/dags.jsonl") for r in (first, third)]
+    assert [d["id"] for d in dags[0]] == [d["id"] for d in dags[1]]
+    tasks = [read_jsonl(r["stages"]["synthesizer"]["folder"] + "/tasks.jsonl") for r in (first, third)]
+    assert [(t["question"], t["answer"]) for t in tasks[0]] == [(t["question"], t["answer"]) for t in tasks[1]]

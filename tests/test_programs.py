@@ -1,0 +1,76 @@
+"""The DSPy programs, driven by scripted LMs (dspy.utils.DummyLM); one runs against a real server."""
+
+import json
+
+import polars as pl
+import pytest
+from dspy.utils import DummyLM
+
+from conftest import installed
+
+
+def _row(tool, desc, inputs, outputs=None):
+    return {"tool": tool, "server": tool.split("/")[0], "name": tool.split("/")[1], "description": desc,
+            "input_schema": json.dumps({"type": "object", "properties": inputs, "required": list(inputs)}),
+            "output_schema": json.dumps(outputs) if outputs else None}
+
+
+def test_edge_judge_reads_confidence_and_mapping():
+    from programs.edge_judge import judge_edges
+
+    tools = {"a/list": _row("a/list", "List files", {"dir": {"type": "string"}}, {"properties": {"path": {}}}),
+             "a/read": _row("a/read", "Read a file", {"path": {"type": "string"}})}
+    lm = DummyLM([{"confidence": "high", "mapping": json.dumps({"path": "path"})},
+                  {"confidence": "none", "mapping": "{}"}])
+    verdicts = judge_edges([{"source": "a/list", "target": "a/read"}, {"source": "a/read", "target": "a/list"}],
+                           tools, lm)
+    assert verdicts[0] == {"confidence": "high", "mapping": {"path": "path"}}
+    assert verdicts[1]["confidence"] == "none"
+
+
+def test_task_writer_words_the_question():
+    from programs.synthesizer import TaskWriter
+
+    tools = {"kv/get": _row("kv/get", "Get a value", {"key": {"type": "string"}})}
+    lm = DummyLM([{"question": "What is stored under the key 'colour'? Report value."}])
+    question = TaskWriter(lm)([{"server": "kv", "tool": "get", "arguments": {"key": "colour"}}], tools,
+                              {"value": {"type": "string", "description": "the stored value"}})
+    assert question == "What is stored under the key 'colour'? Report value."
+
+
+@pytest.mark.servers
+def test_dspy_explorer_runs_against_a_real_server(tmp_path):
+    """The real CallProposer program, a scripted LM, the real calculator server: the LM's arguments
+    are what the server receives, and its answer is recorded."""
+    if not installed("calculator"):
+        pytest.skip("calculator server not installed (make servers)")
+    from omegaconf import OmegaConf
+
+    from firefly_exp import PROJECT_ROOT
+    from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
+    from firefly_exp.results import value_of
+    from firefly_exp.servers import discover_tools, load_tools
+
+    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
+    specs = {"calculator": {**cat["calculator"], "id": "calculator"}}
+    discover_tools(list(specs.values()), PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path)
+    tools = load_tools(tmp_path)
+    tool = tools["tool"][0]
+    lm = DummyLM([{"reasoning": "multiply", "arguments": json.dumps({"expression": "6*7"})},
+                  {"reasoning": "add", "arguments": json.dumps({"expression": "40+2"})}])
+    dag = {"id": "dag-test", "index": 0, "nodes": [tool], "edges": []}
+    (tmp_path / "explore").mkdir()
+    metrics = explore([dag, {**dag, "id": "dag-test2", "index": 1}], tools, specs, PROJECT_ROOT / ".servers",
+                      tmp_path / "sb", tmp_path / "explore", 0, make_proposer("dspy", lm), ExploreSettings(concurrency=1))
+    trajs, calls = load_trajectories(tmp_path / "explore")
+    assert metrics["dags_complete"] == 2 and len(calls) == 2
+    assert [c["arguments"] for c in calls] == [{"expression": "6*7"}, {"expression": "40+2"}]
+    assert all(c["arg_sources"] == {"expression": "lm"} for c in calls)
+    assert [float(value_of(c)) for c in calls] == [42.0, 42.0]
+
+
+def test_dspy_explorer_needs_an_lm():
+    from firefly_exp.explorer import make_proposer
+
+    with pytest.raises(ValueError, match="needs an LM"):
+        make_proposer("dspy", None)
