@@ -7,7 +7,7 @@ STAMP := $(VENV)/.firefly-installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers run smoke test test-all bench report clean
+.PHONY: help install servers run smoke test test-all bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: servers ## install, then run the tests (slow ones excluded)
 
 test-all: servers ## the tests, slow ones included
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+bench: install ## run every benchmark (bench/*.py); each prints its figures and writes outputs/bench/<name>.json
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean: ## remove run outputs (keeps installs and the MLflow store)
 	rm -rf outputs/runs outputs/multirun outputs/store outputs/latest

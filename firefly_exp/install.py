@@ -117,19 +117,32 @@ def find_uv() -> str | None:
         return None
 
 
+def _pyenv_python(version: str) -> str | None:
+    """A pyenv-installed python<version> even when `pyenv global` does not enable it."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    found = sorted(root.glob(f"{version}.*/bin/python{version}"),
+                   key=lambda p: [int(x) if x.isdigit() else -1 for x in p.parts[-3].split(".")])
+    return str(found[-1]) if found else None
+
+
 def find_python(version: str) -> str:
     """The real executable of ``python<version>`` (pyenv shims resolved)."""
-    shim = shutil.which(f"python{version}")
-    if shim is None:
-        raise InstallError(f"python{version} is not on PATH (install it, e.g. `pyenv install {version}`)")
-    try:
-        out = subprocess.run([shim, "-c", "import sys; print(sys.executable)"], capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InstallError(f"python{version} does not run: {exc}") from None
-    if out.returncode != 0 or not out.stdout.strip():
-        raise InstallError(f"python{version} does not run: {(out.stderr or '').strip()[-200:]}")
-    return out.stdout.strip()
+    reasons = []
+    for candidate in (shutil.which(f"python{version}"), _pyenv_python(version)):
+        if candidate is None:
+            continue
+        try:
+            out = subprocess.run([candidate, "-c", "import sys; print(sys.executable)"], capture_output=True,
+                                 text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reasons.append(str(exc))
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+        reasons.append(" ".join((out.stderr or "").split())[:160])
+    raise InstallError(f"python{version} is not available"
+                       + (f" ({reasons[0]})" if reasons else "")
+                       + f": install it (e.g. `pyenv install {version}`) or change `python:` in the catalog")
 
 
 # ------------------------------------------------------------------------------------------ PyPI
@@ -249,6 +262,7 @@ def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict
     started = time.perf_counter()
 
     def report(sid: str, status: str, version: str, seconds: float) -> None:
+        status = " ".join(status.split())  # one line per server
         results[sid] = status
         shown = status if status.startswith("FAILED") else f"{status} ({version})"
         _say(f"  {sid:<18} {shown}  [{seconds:.1f}s]")
@@ -274,12 +288,12 @@ def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict
     by_registry: dict[str, list[dict]] = {}
     for spec in specs:
         by_registry.setdefault(spec.get("registry", "?"), []).append(spec)
+    _say(f"installing {len(specs)} MCP server(s) into {install_dir} "
+         f"({'uv' if find_uv() else 'venv + pip'} for PyPI, {max(1, jobs)} at a time)")
     for registry, group in by_registry.items():
         if registry not in ("pypi", "npm"):
             for spec in group:
                 report(spec["id"], f"FAILED: unknown registry '{registry}' (pypi | npm)", "?", 0.0)
-    _say(f"installing {len(specs)} MCP server(s) into {install_dir} "
-         f"({'uv' if find_uv() else 'venv + pip'} for PyPI, {max(1, jobs)} at a time)")
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = []
         if by_registry.get("npm"):

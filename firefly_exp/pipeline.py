@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import PROJECT_ROOT, __version__, evaluate, explorer, graph, sampler, servers, simulator, synthesizer
+from . import __version__, evaluate, explorer, graph, sampler, servers, simulator, synthesizer
+from .simulator import fidelity, retrieval
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
 
@@ -161,10 +162,24 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             (explorer,), ())
         trajectories, calls = explorer.load_trajectories(explore_st.folder)
 
+        m = conf["simulator"]
+        scopes = {sid: spec.get("state_scope") or sid for sid, spec in specs.items()}
         sim_st = stages.run(
-            "simulator", conf["simulator"], {"explorer": explore_st},
-            lambda out: simulator.build_simulator(calls, tools, out), (simulator,), ())
-        sim = simulator.Simulator.load(sim_st.folder, tools)
+            "simulator", {**m, "scopes": scopes}, {"explorer": explore_st},
+            lambda out: simulator.build_simulator(calls, tools, out, scopes, m["cascade"], m["retrieval_threshold"]),
+            (simulator, retrieval), ("meta.json",))
+        sim_kwargs: dict = {}
+        if lm is not None and m.get("adapt"):
+            from programs.adapter import ResultAdapter
+
+            sim_kwargs["adapter"] = ResultAdapter(lm)
+        if m.get("live"):
+            from .simulator.live import LiveFallback
+
+            sim_kwargs["live"] = LiveFallback(specs, install_dir, sandbox_root / "live", sc["call_timeout_s"],
+                                              sc["startup_timeout_s"])
+            sim_kwargs["cascade"] = tuple(m["cascade"]) + ("live",)
+        sim = simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs)
 
         y = conf["synthesizer"]
         tool_rows = {r["tool"]: r for r in tools.to_dicts()}
@@ -182,6 +197,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             (synthesizer,), ("tasks.jsonl",))
         tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
 
+        fid_st = stages.run(
+            "fidelity", {**m["fidelity"], "seed": seed, "cascade": m["cascade"],
+                         "retrieval_threshold": m["retrieval_threshold"], "scopes": scopes},
+            {"explorer": explore_st, "synthesizer": tasks_st},
+            lambda out: _save_json(out / "fidelity.json", fidelity.measure_fidelity(
+                calls, tasks, tools, seed, m["fidelity"]["holdout_fraction"], scopes=scopes,
+                cascade=tuple(m["cascade"]), retrieval_threshold=m["retrieval_threshold"])),
+            (fidelity,), ("fidelity.json",))
+
         if (conf.get("train") or {}).get("enabled"):
             raise ConfigError("train.enabled=true: GRPO training is not implemented yet; use train=none")
         summary["stages"]["train"] = {"skipped": True, "reason": "train=none"}
@@ -195,7 +219,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             raise ConfigError(f"unknown eval policy {unknown}: choose from {sorted(policies)} (eval.policies)")
         eval_st = stages.run(
             "eval", {**v, "seed": seed}, {"synthesizer": tasks_st, "simulator": sim_st},
-            lambda out: evaluate.evaluate(held_out, simulator.Simulator.load(sim_st.folder, tools),
+            lambda out: evaluate.evaluate(held_out, simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs),
                                           {p: policies[p] for p in v["policies"]}, out, seed, v["k"]),
             (evaluate,), ("eval.json",))
 
@@ -205,6 +229,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                              "calls": explore_st.metrics["calls"], "verified_tasks": tasks_st.metrics["tasks"],
                              "test_tasks": len(held_out)}
         summary["eval"] = eval_st.metrics["policies"]
+        summary["simulator"] = {"reward_flip_rate": fid_st.metrics["calls"]["reward_flip_rate"],
+                                "reward_flip_rate_trajectories": fid_st.metrics["trajectories"]["reward_flip_rate"],
+                                "hits": eval_st.metrics["simulator_hits"], "fidelity": fid_st.metrics}
         tracking.log_metrics({**{f"count.{k}": v for k, v in summary["counts"].items()},
                               **{f"eval.{p}.{m}": x for p, ms in summary["eval"].items() for m, x in ms.items()},
                               "wall_s": summary["wall_s"]})
@@ -212,6 +239,11 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         mlflow.log_artifact(str(run_dir / "summary.json"))
     _point_latest(Path(conf["paths"]["outputs"]), run_dir)
     return summary
+
+
+def _save_json(path: Path, metrics: dict) -> dict:
+    write_json_atomic(path, metrics)
+    return metrics
 
 
 def _hydra_output_dir() -> str | None:
@@ -256,6 +288,9 @@ def print_summary(summary: dict) -> None:
     for policy, m in summary["eval"].items():
         print(f"  eval {policy:<8} pass@1 {m['pass@1']:.3f}  field accuracy {m['field_accuracy']:.3f}  "
               f"calls/task {m['calls_per_task']:.2f}")
+    sim = summary["simulator"]
+    print(f"  simulator: reward-flip rate {sim['reward_flip_rate']:.3f} on held-out calls "
+          f"({sim['reward_flip_rate_trajectories']:.3f} on held-out DAGs); eval hits {sim['hits']}")
     ml = summary["mlflow"]
     print(f"MLflow run {ml['run_id']} in {ml['tracking_uri']}")
     print(f"  look at it: .venv/bin/mlflow ui --backend-store-uri {ml['tracking_uri']}  (then open http://127.0.0.1:5000)")

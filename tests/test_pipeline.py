@@ -51,7 +51,9 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
 def test_summary_latest_and_mlflow(smoke_runs):
     first, second, _, tmp = smoke_runs
     summary = json.loads((tmp / "run1" / "summary.json").read_text())
-    assert set(summary) >= {"counts", "stages", "eval", "mlflow", "servers", "wall_s", "seed"}
+    assert set(summary) >= {"counts", "stages", "eval", "mlflow", "servers", "wall_s", "seed", "simulator"}
+    assert 0 <= summary["simulator"]["reward_flip_rate"] <= 1 and summary["simulator"]["hits"]["exact"] > 0
+    assert summary["stages"]["fidelity"]["metrics"]["calls"]["held_out_calls"] > 0
     for stage in ("servers", "graph", "sampler", "explorer", "simulator", "synthesizer", "eval"):
         assert summary["stages"][stage]["wall_s"] >= 0 and "metrics" in summary["stages"][stage]
     assert (tmp / "outputs" / "latest").resolve() == (tmp / "run3").resolve()   # the newest run

@@ -49,4 +49,4 @@ def test_misses_and_bad_calls_are_mcp_errors_not_crashes(tmp_path):
         r = ep.step(server, tool, args)
         assert r["is_error"] and r["hit"] == hit and r["content"][0]["text"]
     sim.save(tmp_path)
-    assert Simulator.load(tmp_path, _tools()).entries == {}
+    assert Simulator.load(tmp_path, _tools()).entries == []

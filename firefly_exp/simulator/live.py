@@ -1,0 +1,60 @@
+"""The simulator's optional last resort: run a call on the real server, in a fresh sandbox in which
+the episode's state-changing calls so far have been replayed first (local servers only)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..mcp_client import ServerHandle, ServerStartError
+from ..sandbox import copy_sandbox, seed_sandbox
+
+
+class LiveFallback:
+    def __init__(self, specs: dict[str, dict], install_dir: Path, workdir: Path | None = None,
+                 call_timeout_s: float = 15.0, startup_timeout_s: float = 30.0):
+        self.specs, self.install_dir = specs, Path(install_dir)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="firefly-live-"))
+        self.template = self.workdir / "template"
+        self.call_timeout_s, self.startup_timeout_s = call_timeout_s, startup_timeout_s
+        self.executed = 0
+
+    def _ensure_template(self) -> None:
+        if not self.template.exists():
+            seed_sandbox(self.template, list(self.specs.values()))
+
+    async def _run(self, server: str, tool: str, arguments: dict, prefix: list[dict]) -> dict:
+        self._ensure_template()
+        sandbox = Path(tempfile.mkdtemp(dir=self.workdir, prefix="call-"))
+        shutil.rmtree(sandbox)
+        copy_sandbox(self.template, sandbox)
+        needed = sorted({server} | {m["server"] for m in prefix})
+        handles = {}
+        try:
+            for sid in needed:
+                handles[sid] = await ServerHandle(self.specs[sid], self.install_dir, sandbox, self.startup_timeout_s,
+                                                  self.call_timeout_s).start()
+            for m in prefix:  # the episode's writes, in order, so the call sees the same state
+                await handles[m["server"]].call(m["tool"], m["arguments"])
+            out = await handles[server].call(tool, arguments)
+            result = {"content": out.content, "structured": out.structured, "is_error": out.is_error}
+            if out.error_kind in ("timeout", "crash", "protocol"):
+                result["transport_error"] = out.error_kind
+            return result
+        finally:
+            await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
+            shutil.rmtree(sandbox, ignore_errors=True)
+
+    def execute(self, server: str, tool: str, arguments: dict, prefix: list[dict]) -> dict | None:
+        """The live result, or None when the server is not in the catalog or cannot start."""
+        if server not in self.specs or any(m["server"] not in self.specs for m in prefix):
+            return None
+        try:
+            result = asyncio.run(self._run(server, tool, arguments, prefix))
+        except ServerStartError as exc:
+            print(f"[simulator] live fallback unavailable: {exc}")
+            return None
+        self.executed += 1
+        return result
