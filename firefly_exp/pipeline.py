@@ -197,13 +197,21 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             (synthesizer,), ("tasks.jsonl",))
         tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
 
+        f = m["fidelity"]
+        fid_kwargs: dict = {"scopes": scopes, "cascade": tuple(m["cascade"]),
+                            "retrieval_threshold": m["retrieval_threshold"]}
+        if f.get("live"):  # measure the cascade with the live fallback behind it
+            from .simulator.live import LiveFallback
+
+            fid_kwargs["live"] = LiveFallback(specs, install_dir, sandbox_root / "live-fidelity",
+                                              sc["call_timeout_s"], sc["startup_timeout_s"])
+            fid_kwargs["cascade"] += ("live",)
         fid_st = stages.run(
-            "fidelity", {**m["fidelity"], "seed": seed, "cascade": m["cascade"],
+            "fidelity", {**f, "seed": seed, "cascade": m["cascade"],
                          "retrieval_threshold": m["retrieval_threshold"], "scopes": scopes},
             {"explorer": explore_st, "synthesizer": tasks_st},
             lambda out: _save_json(out / "fidelity.json", fidelity.measure_fidelity(
-                calls, tasks, tools, seed, m["fidelity"]["holdout_fraction"], scopes=scopes,
-                cascade=tuple(m["cascade"]), retrieval_threshold=m["retrieval_threshold"])),
+                calls, tasks, tools, seed, f["holdout_fraction"], **fid_kwargs)),
             (fidelity,), ("fidelity.json",))
 
         if (conf.get("train") or {}).get("enabled"):

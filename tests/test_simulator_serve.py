@@ -109,3 +109,40 @@ def test_random_and_malformed_requests_never_break_the_server(client, batch):
         assert out.error_kind in (None, "tool_error"), out.text()   # an answer, never a transport failure
         assert out.content and out.text()
     assert client.handle.alive
+
+
+def test_streamable_http_transport(run_dir):
+    import socket
+    import subprocess
+    import time
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "firefly_exp.simulator", "serve", "--run", str(run_dir),
+                             "--transport", "http", "--port", str(port)], cwd=PROJECT_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def main():
+        async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                names = {t.name for t in (await session.list_tools()).tools}
+                got = await session.call_tool("kv__get", {"key": "a"})
+                return names, got
+
+    try:
+        for _ in range(100):  # wait for the port to open, at most ~20 s
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        names, got = asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "kv__put" in names
+    assert not got.is_error and got.content[0].text == "1"
