@@ -104,7 +104,9 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
         raise ServerStartError(
             f"server '{spec['id']}' is not installed ({command} is missing): run `make servers`"
         )
-    env = {"HOME": str(Path(sandbox) / "home")}
+    # HOME and TMPDIR inside the sandbox: whatever a server writes "to its home" or to a temp file
+    # stays in the sandbox; the SDK adds only PATH, USER, SHELL, TERM, LOGNAME (no API keys)
+    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp")}
     env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
     return StdioServerParameters(
         command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],
@@ -116,6 +118,32 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(by_alias=True, mode="json", exclude_none=True)
     return json.loads(json.dumps(obj, default=str))
+
+
+def _child_pid(command: str, cwd: str) -> int | None:
+    """The pid of our child process running ``command`` in ``cwd`` (the SDK does not expose it).
+
+    Reads /proc (Linux); elsewhere None. ``cwd`` is unique per DAG sandbox and ``command`` per server,
+    so the pair names one process.
+    """
+    me = os.getpid()
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me or os.readlink(f"/proc/{entry}/cwd") not in (cwd, os.path.realpath(cwd)):
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+            if command in argv:
+                return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 @dataclass
@@ -137,6 +165,7 @@ class ServerHandle:
     _task: asyncio.Task | None = None
     _stop: asyncio.Event | None = None
     _failure: BaseException | None = None
+    pid: int | None = None     # the server process (Linux: found under /proc), for crash tests and kills
 
     def __post_init__(self) -> None:
         # the server runs with cwd=sandbox: relative paths would resolve against the wrong folder
@@ -150,6 +179,7 @@ class ServerHandle:
     async def start(self) -> "ServerHandle":
         params = launch_parameters(self.spec, self.install_dir, self.sandbox)
         Path(self.sandbox, "home").mkdir(parents=True, exist_ok=True)
+        Path(self.sandbox, "tmp").mkdir(parents=True, exist_ok=True)
         ready = asyncio.Event()
         self._stop = asyncio.Event()
         log_dir = Path(self.log_dir or Path(self.sandbox) / ".logs")
@@ -165,6 +195,7 @@ class ServerHandle:
                             init = await session.initialize()
                             self.server_info = _jsonable(init.server_info)
                             self.session = session
+                            self.pid = _child_pid(params.command, str(self.sandbox))
                             ready.set()
                             await self._stop.wait()
             except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()/call()
@@ -193,6 +224,17 @@ class ServerHandle:
     def alive(self) -> bool:
         return self.session is not None and self._task is not None and not self._task.done()
 
+    async def responsive(self, timeout_s: float = 3.0) -> bool:
+        """Whether the server still answers a ping: tells a hung server from a slow tool."""
+        if not self.alive:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.session.send_ping()
+            return True
+        except Exception:  # noqa: BLE001 - timeouts and broken pipes alike
+            return False
+
     async def list_tools(self) -> list[dict]:
         tools, cursor = [], None
         while True:
@@ -213,9 +255,10 @@ class ServerHandle:
             return CallOutcome([{"type": "text", "text": f"server '{self.id}' is not running"}],
                                None, True, "crash", 0.0)
         try:
-            result = await asyncio.wait_for(
-                self.session.call_tool(tool, to_real(arguments, self.sandbox)), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per call (the engine's per-call overhead)
+            async with asyncio.timeout(timeout):
+                result = await self.session.call_tool(tool, to_real(arguments, self.sandbox))
+        except TimeoutError:
             return CallOutcome([{"type": "text", "text": f"timed out after {timeout}s"}], None, True,
                                "timeout", (time.perf_counter() - started) * 1000)
         except Exception as exc:  # noqa: BLE001 - JSON-RPC errors, broken pipes, bad results
