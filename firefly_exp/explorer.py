@@ -8,12 +8,17 @@ builds each call's arguments:
   outputs, then values observed earlier in the DAG under the same name, then the catalog's hints,
   then the JSON schema (enum, default, examples), then a type default; after a tool error it tries
   the next candidate, within ``max_retries``.
-- ``dspy``: the DSPy program ``programs.explorer.CallProposer`` with the configured LM.
+- ``dspy``: the DSPy program ``programs.explorer.CallProposer`` with the configured LM; the tool
+  reaches it as a ``dspy.Tool`` made by DSPy's MCP support, the call is made here.
 
-Every call is appended to ``calls.jsonl`` as it returns (server, tool, arguments and where each
-came from, result, error kind, latency, DAG position, state fingerprint); each finished DAG to
-``trajectories.jsonl``. An interrupted exploration resumes: finished DAGs are kept, unfinished
-ones rerun under a new episode id (their partial calls stay on disk but are not used).
+A crashed server, or a hung one (a call timed out and a ping gets no answer), is restarted and the
+DAG rerun from its seeded sandbox, up to ``dag_retries`` times; after that the DAG is recorded
+``failed`` with the reason. Every call is appended to ``calls.jsonl`` as it returns (server, tool,
+arguments and where each came from, result, error kind, latency, DAG position, state fingerprint),
+flushed per call and fsynced before its DAG's line is appended to ``trajectories.jsonl``. An
+interrupted exploration (SIGINT, kill -9) resumes: finished DAGs are kept, unfinished ones rerun
+under a new episode id (their partial calls stay on disk but are not used). At the end,
+``trajectories.ordered.jsonl`` holds each trajectory with its calls, by DAG index.
 """
 
 from __future__ import annotations
@@ -337,7 +342,10 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                               rng_for(seed, "explore", dag["id"], step), settings.include_optional_prob)
             last_error, success = None, None
             for attempt in range(settings.max_retries + 1):
-                proposal = proposer.propose(ctx, attempt, last_error)
+                if getattr(proposer, "blocking", False):  # an LM call: keep the other DAGs' calls moving
+                    proposal = await asyncio.to_thread(proposer.propose, ctx, attempt, last_error)
+                else:
+                    proposal = proposer.propose(ctx, attempt, last_error)
                 if proposal is None:
                     break
                 args, sources = proposal
