@@ -27,6 +27,7 @@ import asyncio
 import json
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -322,9 +323,8 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
               "n_errors": 0}
     try:
         if stateful:
-            if sandbox.exists():
-                shutil.rmtree(sandbox)
-            copy_sandbox(template, sandbox)
+            # file copying off the event loop: other DAGs' calls go on meanwhile
+            await asyncio.to_thread(copy_sandbox, template, sandbox)
             for server in stateful:
                 h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
                                  settings.call_timeout_s, log_dir=sandbox / ".logs")
@@ -395,7 +395,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
     finally:
         await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
         if not settings.keep_sandboxes and sandbox.exists():
-            shutil.rmtree(sandbox, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, sandbox, True)
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 
@@ -428,6 +428,14 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
         # on disk always has its calls on disk; fsync per call would dominate fast tools' latency
         with JsonlWriter(out_dir / "calls.jsonl", fsync=False) as calls_out, \
                 JsonlWriter(out_dir / "trajectories.jsonl") as traj_out:
+            committing = threading.Lock()
+
+            def commit(rec: dict) -> None:
+                # in a worker thread: fsync waits on the disk, the event loop must not
+                with committing:
+                    calls_out.sync()
+                    traj_out.write(rec)
+
             async def one(dag: dict) -> None:
                 async with gate:
                     retries = []
@@ -449,8 +457,7 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
                         # live error metrics) but its trajectory is replaced by the rerun's
                         retries.append({"episode": rec["episode"], "reason": rec["server_failure"]})
                     rec["retries"] = retries
-                    calls_out.sync()
-                    traj_out.write(rec)
+                    await asyncio.to_thread(commit, rec)
                     bar.update(1)
                     worst = max(live.items(), key=lambda kv: kv[1][1] / kv[1][0], default=None)
                     if worst:

@@ -79,17 +79,28 @@ def to_real(value: Any, sandbox: Path) -> Any:
     return value
 
 
-def to_virtual(value: Any, sandbox: Path) -> Any:
-    """Map real sandbox paths inside results back to ``/sandbox``."""
-    reals = {str(sandbox), os.path.realpath(sandbox)}
+def real_prefixes(sandbox: Path) -> tuple[str, ...]:
+    """The spellings of a sandbox's real path (as given, symlinks resolved), longest first."""
+    return tuple(sorted({str(sandbox), os.path.realpath(sandbox)}, key=len, reverse=True))
+
+
+def to_virtual(value: Any, sandbox: Path, reals: tuple[str, ...] | None = None) -> Any:
+    """Map real sandbox paths inside results back to ``/sandbox``.
+
+    ``reals`` (from :func:`real_prefixes`) saves resolving the sandbox path again: a handle computes
+    it once, since realpath costs a syscall per path component on every call.
+    """
+    if reals is None:
+        reals = real_prefixes(sandbox)
     if isinstance(value, str):
-        for real in sorted(reals, key=len, reverse=True):
-            value = value.replace(real, VIRTUAL_ROOT)
+        for real in reals:
+            if real in value:
+                value = value.replace(real, VIRTUAL_ROOT)
         return value
     if isinstance(value, list):
-        return [to_virtual(v, sandbox) for v in value]
+        return [to_virtual(v, sandbox, reals) for v in value]
     if isinstance(value, dict):
-        return {to_virtual(k, sandbox): to_virtual(v, sandbox) for k, v in value.items()}
+        return {to_virtual(k, sandbox, reals): to_virtual(v, sandbox, reals) for k, v in value.items()}
     return value
 
 
@@ -117,6 +128,8 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(by_alias=True, mode="json", exclude_none=True)
+    if obj is None or isinstance(obj, (dict, list, str, int, float, bool)):
+        return obj   # parsed from JSON-RPC already (structured content): no copy needed
     return json.loads(json.dumps(obj, default=str))
 
 
@@ -165,12 +178,14 @@ class ServerHandle:
     _task: asyncio.Task | None = None
     _stop: asyncio.Event | None = None
     _failure: BaseException | None = None
-    pid: int | None = None     # the server process (Linux: found under /proc), for crash tests and kills
+    _pid: int | None = None
+    _command: str | None = None
 
     def __post_init__(self) -> None:
         # the server runs with cwd=sandbox: relative paths would resolve against the wrong folder
         self.install_dir = Path(self.install_dir).absolute()
         self.sandbox = Path(self.sandbox).absolute()
+        self._reals = real_prefixes(self.sandbox)
 
     @property
     def id(self) -> str:
@@ -178,6 +193,7 @@ class ServerHandle:
 
     async def start(self) -> "ServerHandle":
         params = launch_parameters(self.spec, self.install_dir, self.sandbox)
+        self._command = params.command
         Path(self.sandbox, "home").mkdir(parents=True, exist_ok=True)
         Path(self.sandbox, "tmp").mkdir(parents=True, exist_ok=True)
         ready = asyncio.Event()
@@ -195,7 +211,6 @@ class ServerHandle:
                             init = await session.initialize()
                             self.server_info = _jsonable(init.server_info)
                             self.session = session
-                            self.pid = _child_pid(params.command, str(self.sandbox))
                             ready.set()
                             await self._stop.wait()
             except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()/call()
@@ -219,6 +234,13 @@ class ServerHandle:
                 f"see {log_dir}/{self.id}.stderr.log"
             )
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (Linux, while it runs), looked up on first use: for kills and tests."""
+        if self._pid is None and self.alive and self._command:
+            self._pid = _child_pid(self._command, str(self.sandbox))
+        return self._pid
 
     @property
     def alive(self) -> bool:
@@ -269,8 +291,8 @@ class ServerHandle:
             return CallOutcome([{"type": "text", "text": f"{type(exc).__name__}: {exc}"}], None, True,
                                kind, (time.perf_counter() - started) * 1000)
         latency = (time.perf_counter() - started) * 1000
-        content = to_virtual([_jsonable(c) for c in result.content], self.sandbox)
-        structured = to_virtual(_jsonable(result.structured_content), self.sandbox) \
+        content = to_virtual([_jsonable(c) for c in result.content], self.sandbox, self._reals)
+        structured = to_virtual(_jsonable(result.structured_content), self.sandbox, self._reals) \
             if result.structured_content is not None else None
         is_error = bool(result.is_error)
         return CallOutcome(content, structured, is_error, "tool_error" if is_error else None, latency)

@@ -106,7 +106,7 @@ class JsonlWriter:
             os.fsync(self._fh.fileno())
 
     def sync(self) -> None:
-        self._fh.flush()
+        """fsync what was written; no flush (every write flushed already), so another thread may call it."""
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
