@@ -8,12 +8,17 @@ builds each call's arguments:
   outputs, then values observed earlier in the DAG under the same name, then the catalog's hints,
   then the JSON schema (enum, default, examples), then a type default; after a tool error it tries
   the next candidate, within ``max_retries``.
-- ``dspy``: the DSPy program ``programs.explorer.CallProposer`` with the configured LM.
+- ``dspy``: the DSPy program ``programs.explorer.CallProposer`` with the configured LM; the tool
+  reaches it as a ``dspy.Tool`` made by DSPy's MCP support, the call is made here.
 
-Every call is appended to ``calls.jsonl`` as it returns (server, tool, arguments and where each
-came from, result, error kind, latency, DAG position, state fingerprint); each finished DAG to
-``trajectories.jsonl``. An interrupted exploration resumes: finished DAGs are kept, unfinished
-ones rerun under a new episode id (their partial calls stay on disk but are not used).
+A crashed server, or a hung one (a call timed out and a ping gets no answer), is restarted and the
+DAG rerun from its seeded sandbox, up to ``dag_retries`` times; after that the DAG is recorded
+``failed`` with the reason. Every call is appended to ``calls.jsonl`` as it returns (server, tool,
+arguments and where each came from, result, error kind, latency, DAG position, state fingerprint),
+flushed per call and fsynced before its DAG's line is appended to ``trajectories.jsonl``. An
+interrupted exploration (SIGINT, kill -9) resumes: finished DAGs are kept, unfinished ones rerun
+under a new episode id (their partial calls stay on disk but are not used). At the end,
+``trajectories.ordered.jsonl`` holds each trajectory with its calls, by DAG index.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import asyncio
 import json
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -242,6 +248,7 @@ def make_proposer(kind: str, lm=None, **kwargs) -> Proposer:
 class ExploreSettings:
     concurrency: int = 3
     max_retries: int = 3
+    dag_retries: int = 1          # reruns of a DAG whose server crashed or hung (fresh sandbox, fresh servers)
     call_timeout_s: float = 15.0
     dag_timeout_s: float = 120.0
     startup_timeout_s: float = 30.0
@@ -277,14 +284,37 @@ class _Pool:
                 self.handles[server] = h
             return h
 
+    async def invalidate(self, handle: ServerHandle) -> None:
+        """Stop a crashed or hung server so that the next :meth:`get` starts a fresh one."""
+        lock = self.locks.setdefault(handle.id, asyncio.Lock())
+        async with lock:
+            if self.handles.get(handle.id) is handle:
+                del self.handles[handle.id]
+                self.restarts += 1
+        await handle.close()
+
     async def close(self) -> None:
         await asyncio.gather(*(h.close() for h in self.handles.values()), return_exceptions=True)
 
 
+async def _server_failure(server: str, handle: ServerHandle, outcome, stateful: bool, pool: _Pool) -> str | None:
+    """Why a crash or timeout makes this DAG attempt unusable (and the server restarted), or None.
+
+    A stateful server's state is unknown after either, so its DAG reruns on fresh servers. A pooled
+    stateless server that crashed, or that timed out and no longer answers a ping (hung), is restarted
+    and the DAG rerun; one that still answers just had a slow call, an ordinary error.
+    """
+    if outcome.error_kind == "timeout" and not stateful and await handle.responsive():
+        return None
+    if not stateful:
+        await pool.invalidate(handle)
+    state = "crashed" if outcome.error_kind == "crash" else "hung (call timed out)"
+    return f"server '{server}' {state}: {outcome.text()[:200]}"
+
+
 async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: Path, sandboxes: Path,
                    proposer: Proposer, settings: ExploreSettings, seed: int, install_dir: Path,
-                   calls_out: JsonlWriter) -> dict:
-    episode = uuid.uuid4().hex[:12]
+                   calls_out: JsonlWriter, episode: str, live: dict | None = None) -> dict:
     started = time.perf_counter()
     stateful = sorted({tools[n]["server"] for n in dag["nodes"] if specs[tools[n]["server"]].get("stateful")})
     sandbox = sandboxes / dag["id"]
@@ -293,9 +323,8 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
               "n_errors": 0}
     try:
         if stateful:
-            if sandbox.exists():
-                shutil.rmtree(sandbox)
-            copy_sandbox(template, sandbox)
+            # file copying off the event loop: other DAGs' calls go on meanwhile
+            await asyncio.to_thread(copy_sandbox, template, sandbox)
             for server in stateful:
                 h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
                                  settings.call_timeout_s, log_dir=sandbox / ".logs")
@@ -313,7 +342,10 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                               rng_for(seed, "explore", dag["id"], step), settings.include_optional_prob)
             last_error, success = None, None
             for attempt in range(settings.max_retries + 1):
-                proposal = proposer.propose(ctx, attempt, last_error)
+                if getattr(proposer, "blocking", False):  # an LM call: keep the other DAGs' calls moving
+                    proposal = await asyncio.to_thread(proposer.propose, ctx, attempt, last_error)
+                else:
+                    proposal = proposer.propose(ctx, attempt, last_error)
                 if proposal is None:
                     break
                 args, sources = proposal
@@ -330,6 +362,10 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                         "error_kind": outcome.error_kind, "latency_ms": round(outcome.latency_ms, 3),
                         "fingerprint": fingerprint, "mutating": not tool["read_only"]}
                 calls_out.write(call)
+                if live is not None:  # per-server [calls, errors], shown while the run goes
+                    counts = live.setdefault(server, [0, 0])
+                    counts[0] += 1
+                    counts[1] += int(outcome.is_error)
                 seq += 1
                 record["n_calls"] += 1
                 if not tool["read_only"]:
@@ -339,11 +375,14 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                     break
                 record["n_errors"] += 1
                 last_error = result_text({"content": outcome.content})[:500]
-                if outcome.error_kind in ("crash", "timeout") and server in handles:
-                    break  # a stateful server's state is unknown after a crash: stop this DAG here
+                if outcome.error_kind in ("crash", "timeout"):
+                    failure = await _server_failure(server, handle, outcome, server in handles, pool)
+                    if failure:
+                        record["server_failure"] = failure
+                        break
             if success is None:
                 record.update(status="partial" if record["steps"] else "failed",
-                              reason=f"{node}: {last_error or 'no arguments could be built'}"[:300])
+                              reason=f"{node}: {record.get('server_failure') or last_error or 'no arguments could be built'}"[:300])
                 break
             observations.append({"step": step, "tool": node, "arguments": success["arguments"],
                                  "value": value_of(success)})
@@ -351,11 +390,12 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
         else:
             record.update(status="complete", reason=None)
     except ServerStartError as exc:
-        record.update(status="failed", reason=str(exc)[:300])
+        # often load (a startup timeout) rather than a broken install: worth one more attempt
+        record.update(status="failed", reason=str(exc)[:300], server_failure=str(exc)[:300])
     finally:
         await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
         if not settings.keep_sandboxes and sandbox.exists():
-            shutil.rmtree(sandbox, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, sandbox, True)
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 
@@ -383,21 +423,47 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
         pool = _Pool(specs, install_dir, pool_dir, settings, Path(sandbox_root) / "logs")
         gate = asyncio.Semaphore(settings.concurrency)
         bar = tqdm(total=len(todo), desc="explore DAGs", unit="dag")
-        with JsonlWriter(out_dir / "calls.jsonl") as calls_out, \
+        live: dict[str, list[int]] = {}
+        # calls are flushed per call and fsynced before their DAG's trajectory line, so a trajectory
+        # on disk always has its calls on disk; fsync per call would dominate fast tools' latency
+        with JsonlWriter(out_dir / "calls.jsonl", fsync=False) as calls_out, \
                 JsonlWriter(out_dir / "trajectories.jsonl") as traj_out:
+            committing = threading.Lock()
+
+            def commit(rec: dict) -> None:
+                # in a worker thread: fsync waits on the disk, the event loop must not
+                with committing:
+                    calls_out.sync()
+                    traj_out.write(rec)
+
             async def one(dag: dict) -> None:
                 async with gate:
-                    try:
-                        rec = await asyncio.wait_for(
-                            _run_dag(dag, tool_rows, specs, pool, template, Path(sandbox_root) / "dags", proposer,
-                                     settings, seed, install_dir, calls_out), settings.dag_timeout_s)
-                    except asyncio.TimeoutError:
-                        rec = {"dag_id": dag["id"], "index": dag["index"], "episode": None, "steps": [],
-                               "n_calls": 0, "n_errors": 0, "status": "failed",
-                               "reason": f"DAG timed out after {settings.dag_timeout_s}s (explorer.dag_timeout_s)",
-                               "wall_s": settings.dag_timeout_s}
-                    traj_out.write(rec)
+                    retries = []
+                    for attempt in range(settings.dag_retries + 1):
+                        episode = uuid.uuid4().hex[:12]
+                        try:
+                            rec = await asyncio.wait_for(
+                                _run_dag(dag, tool_rows, specs, pool, template, Path(sandbox_root) / "dags",
+                                         proposer, settings, seed, install_dir, calls_out, episode, live),
+                                settings.dag_timeout_s)
+                        except asyncio.TimeoutError:
+                            reason = f"DAG timed out after {settings.dag_timeout_s}s (explorer.dag_timeout_s)"
+                            rec = {"dag_id": dag["id"], "index": dag["index"], "episode": episode, "steps": [],
+                                   "n_calls": 0, "n_errors": 0, "status": "failed", "reason": reason,
+                                   "server_failure": reason, "wall_s": settings.dag_timeout_s}
+                        if not rec.get("server_failure") or attempt == settings.dag_retries:
+                            break
+                        # the attempt's calls stay in calls.jsonl under its episode (counted in the
+                        # live error metrics) but its trajectory is replaced by the rerun's
+                        retries.append({"episode": rec["episode"], "reason": rec["server_failure"]})
+                    rec["retries"] = retries
+                    await asyncio.to_thread(commit, rec)
                     bar.update(1)
+                    worst = max(live.items(), key=lambda kv: kv[1][1] / kv[1][0], default=None)
+                    if worst:
+                        bar.set_postfix_str(f"calls {sum(c for c, _ in live.values())} "
+                                            f"errors {sum(e for _, e in live.values())} "
+                                            f"worst {worst[0]} {worst[1][1] / worst[1][0]:.0%}", refresh=False)
 
             try:
                 await asyncio.gather(*(one(d) for d in todo))
@@ -410,7 +476,11 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
     wall = time.perf_counter()
     asyncio.run(main())
     wall = time.perf_counter() - wall
+    write_ordered(out_dir)
     return exploration_metrics(out_dir, len(dags) - len(runnable), wall, **metrics_extra)
+
+
+ORDERED = "trajectories.ordered.jsonl"
 
 
 def load_trajectories(folder: Path) -> tuple[list[dict], list[dict]]:
@@ -422,23 +492,55 @@ def load_trajectories(folder: Path) -> tuple[list[dict], list[dict]]:
     return trajs, calls
 
 
-def exploration_metrics(folder: Path, skipped: int = 0, wall_s: float | None = None, **extra) -> dict:
+def write_ordered(folder: Path) -> Path:
+    """``trajectories.ordered.jsonl``: each finished trajectory with its calls, by DAG index.
+
+    The append-only files are in completion order, which depends on scheduling; this one depends
+    only on the DAGs and the servers, so two runs (or an interrupted and resumed one) compare equal.
+    Written whole and atomically at the end of an exploration.
+    """
     trajs, calls = load_trajectories(folder)
+    by_episode: dict[str, list[dict]] = {}
+    for c in calls:
+        by_episode.setdefault(c["episode"], []).append(c)
+    path = Path(folder) / ORDERED
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        for t in trajs:
+            fh.write(json.dumps({**t, "calls": by_episode.get(t["episode"], [])}, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def exploration_metrics(folder: Path, skipped: int = 0, wall_s: float | None = None, **extra) -> dict:
+    """Counts of the kept trajectories, and error kinds / failure rates over every live call made
+    (retried attempts included: a crash that was retried away still happened)."""
+    trajs = sorted(read_jsonl(Path(folder) / "trajectories.jsonl"), key=lambda t: t["index"])
+    final = {t["episode"] for t in trajs if t.get("episode")}
+    retried = {r["episode"] for t in trajs for r in t.get("retries") or []}
+    all_calls = [c for c in read_jsonl(Path(folder) / "calls.jsonl") if c["episode"] in final | retried]
+    calls = [c for c in all_calls if c["episode"] in final]
     status = {s: sum(t["status"] == s for t in trajs) for s in ("complete", "partial", "failed")}
     kinds: dict[str, int] = {}
     per_server: dict[str, list[int]] = {}
-    for c in calls:
+    for c in all_calls:
         if c["error_kind"]:
             kinds[c["error_kind"]] = kinds.get(c["error_kind"], 0) + 1
         per_server.setdefault(c["server"], [0, 0])
         per_server[c["server"]][0] += 1
         per_server[c["server"]][1] += int(c["is_error"])
-    lat = np.array([c["latency_ms"] for c in calls]) if calls else np.zeros(1)
+    lat = np.array([c["latency_ms"] for c in all_calls]) if all_calls else np.zeros(1)
     out = {"dags": len(trajs), "dags_skipped_unknown_tools": skipped, **{f"dags_{k}": v for k, v in status.items()},
-           "calls": len(calls), "errors": sum(kinds.values()), **{f"errors_{k}": v for k, v in kinds.items()},
+           "dags_retried": sum(bool(t.get("retries")) for t in trajs), "dag_retries": len(retried),
+           "calls": len(calls), "calls_live": len(all_calls),
+           "errors": sum(kinds.values()), **{f"errors_{k}": kinds.get(k, 0) for k in ERROR_KINDS},
            "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
            "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+           "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
            **{f"failure_rate.{s}": round(e / n, 4) for s, (n, e) in sorted(per_server.items())}, **extra}
     if wall_s:
         out["dags_per_s"] = round(len(trajs) / wall_s, 3) if trajs else 0.0
     return out
+
+
+ERROR_KINDS = ("tool_error", "timeout", "crash", "protocol")

@@ -79,17 +79,28 @@ def to_real(value: Any, sandbox: Path) -> Any:
     return value
 
 
-def to_virtual(value: Any, sandbox: Path) -> Any:
-    """Map real sandbox paths inside results back to ``/sandbox``."""
-    reals = {str(sandbox), os.path.realpath(sandbox)}
+def real_prefixes(sandbox: Path) -> tuple[str, ...]:
+    """The spellings of a sandbox's real path (as given, symlinks resolved), longest first."""
+    return tuple(sorted({str(sandbox), os.path.realpath(sandbox)}, key=len, reverse=True))
+
+
+def to_virtual(value: Any, sandbox: Path, reals: tuple[str, ...] | None = None) -> Any:
+    """Map real sandbox paths inside results back to ``/sandbox``.
+
+    ``reals`` (from :func:`real_prefixes`) saves resolving the sandbox path again: a handle computes
+    it once, since realpath costs a syscall per path component on every call.
+    """
+    if reals is None:
+        reals = real_prefixes(sandbox)
     if isinstance(value, str):
-        for real in sorted(reals, key=len, reverse=True):
-            value = value.replace(real, VIRTUAL_ROOT)
+        for real in reals:
+            if real in value:
+                value = value.replace(real, VIRTUAL_ROOT)
         return value
     if isinstance(value, list):
-        return [to_virtual(v, sandbox) for v in value]
+        return [to_virtual(v, sandbox, reals) for v in value]
     if isinstance(value, dict):
-        return {to_virtual(k, sandbox): to_virtual(v, sandbox) for k, v in value.items()}
+        return {to_virtual(k, sandbox, reals): to_virtual(v, sandbox, reals) for k, v in value.items()}
     return value
 
 
@@ -104,7 +115,9 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
         raise ServerStartError(
             f"server '{spec['id']}' is not installed ({command} is missing): run `make servers`"
         )
-    env = {"HOME": str(Path(sandbox) / "home")}
+    # HOME and TMPDIR inside the sandbox: whatever a server writes "to its home" or to a temp file
+    # stays in the sandbox; the SDK adds only PATH, USER, SHELL, TERM, LOGNAME (no API keys)
+    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp")}
     env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
     return StdioServerParameters(
         command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],
@@ -115,7 +128,35 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(by_alias=True, mode="json", exclude_none=True)
+    if obj is None or isinstance(obj, (dict, list, str, int, float, bool)):
+        return obj   # parsed from JSON-RPC already (structured content): no copy needed
     return json.loads(json.dumps(obj, default=str))
+
+
+def _child_pid(command: str, cwd: str) -> int | None:
+    """The pid of our child process running ``command`` in ``cwd`` (the SDK does not expose it).
+
+    Reads /proc (Linux); elsewhere None. ``cwd`` is unique per DAG sandbox and ``command`` per server,
+    so the pair names one process.
+    """
+    me = os.getpid()
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            if ppid != me or os.readlink(f"/proc/{entry}/cwd") not in (cwd, os.path.realpath(cwd)):
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+            if command in argv:
+                return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 @dataclass
@@ -137,11 +178,14 @@ class ServerHandle:
     _task: asyncio.Task | None = None
     _stop: asyncio.Event | None = None
     _failure: BaseException | None = None
+    _pid: int | None = None
+    _command: str | None = None
 
     def __post_init__(self) -> None:
         # the server runs with cwd=sandbox: relative paths would resolve against the wrong folder
         self.install_dir = Path(self.install_dir).absolute()
         self.sandbox = Path(self.sandbox).absolute()
+        self._reals = real_prefixes(self.sandbox)
 
     @property
     def id(self) -> str:
@@ -149,7 +193,9 @@ class ServerHandle:
 
     async def start(self) -> "ServerHandle":
         params = launch_parameters(self.spec, self.install_dir, self.sandbox)
+        self._command = params.command
         Path(self.sandbox, "home").mkdir(parents=True, exist_ok=True)
+        Path(self.sandbox, "tmp").mkdir(parents=True, exist_ok=True)
         ready = asyncio.Event()
         self._stop = asyncio.Event()
         log_dir = Path(self.log_dir or Path(self.sandbox) / ".logs")
@@ -190,8 +236,26 @@ class ServerHandle:
         return self
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id (Linux, while it runs), looked up on first use: for kills and tests."""
+        if self._pid is None and self.alive and self._command:
+            self._pid = _child_pid(self._command, str(self.sandbox))
+        return self._pid
+
+    @property
     def alive(self) -> bool:
         return self.session is not None and self._task is not None and not self._task.done()
+
+    async def responsive(self, timeout_s: float = 3.0) -> bool:
+        """Whether the server still answers a ping: tells a hung server from a slow tool."""
+        if not self.alive:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.session.send_ping()
+            return True
+        except Exception:  # noqa: BLE001 - timeouts and broken pipes alike
+            return False
 
     async def list_tools(self) -> list[dict]:
         tools, cursor = [], None
@@ -213,9 +277,10 @@ class ServerHandle:
             return CallOutcome([{"type": "text", "text": f"server '{self.id}' is not running"}],
                                None, True, "crash", 0.0)
         try:
-            result = await asyncio.wait_for(
-                self.session.call_tool(tool, to_real(arguments, self.sandbox)), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: no extra task per call (the engine's per-call overhead)
+            async with asyncio.timeout(timeout):
+                result = await self.session.call_tool(tool, to_real(arguments, self.sandbox))
+        except TimeoutError:
             return CallOutcome([{"type": "text", "text": f"timed out after {timeout}s"}], None, True,
                                "timeout", (time.perf_counter() - started) * 1000)
         except Exception as exc:  # noqa: BLE001 - JSON-RPC errors, broken pipes, bad results
@@ -226,8 +291,8 @@ class ServerHandle:
             return CallOutcome([{"type": "text", "text": f"{type(exc).__name__}: {exc}"}], None, True,
                                kind, (time.perf_counter() - started) * 1000)
         latency = (time.perf_counter() - started) * 1000
-        content = to_virtual([_jsonable(c) for c in result.content], self.sandbox)
-        structured = to_virtual(_jsonable(result.structured_content), self.sandbox) \
+        content = to_virtual([_jsonable(c) for c in result.content], self.sandbox, self._reals)
+        structured = to_virtual(_jsonable(result.structured_content), self.sandbox, self._reals) \
             if result.structured_content is not None else None
         is_error = bool(result.is_error)
         return CallOutcome(content, structured, is_error, "tool_error" if is_error else None, latency)

@@ -81,6 +81,19 @@ class Stages:
         return result
 
 
+def with_lm_usage(fn: Callable[[Path], dict], lm: Any) -> Callable[[Path], dict]:
+    """A stage function whose metrics also hold the LM calls, tokens and cost it spent (with an LM)."""
+    if lm is None:
+        return fn
+    from programs.lm import history_ids, lm_usage
+
+    def run(out: Path) -> dict:
+        before = history_ids(lm)
+        return {**fn(out), **lm_usage(lm, before)}
+
+    return run
+
+
 def server_specs(cfg_servers: dict) -> dict[str, dict]:
     """The enabled catalog entries, each with its id; unknown ids are a one-line error."""
     catalog = cfg_servers.get("catalog") or {}
@@ -139,8 +152,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         g = conf["graph"]
         graph_st = stages.run(
             "graph", {**g, "lm": summary["lm"]}, {"servers": tools_st},
-            lambda out: graph.build_graph(tools, out, g["weights"], g["thresholds"], g["max_out_degree"],
-                                          g.get("lm_judge"), lm),
+            with_lm_usage(lambda out: graph.build_graph(tools, out, g["weights"], g["thresholds"],
+                                                        g["max_out_degree"], g.get("lm_judge"), lm), lm),
             (graph,), ("edges.parquet", "graph.json", "graph.png"))
         tool_graph = graph.load_graph(graph_st.folder)
 
@@ -157,8 +170,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         explore_st = stages.run(
             "explorer", {**e, "seed": seed, "lm": summary["lm"] if e["kind"] == "dspy" else None},
             {"sampler": dags_st, "servers": tools_st},
-            lambda out: explorer.explore(dags, tools, specs, install_dir, sandbox_root, out, seed,
-                                         explorer.make_proposer(e["kind"], lm), settings),
+            with_lm_usage(lambda out: explorer.explore(dags, tools, specs, install_dir, sandbox_root, out, seed,
+                                                       explorer.make_proposer(e["kind"], lm), settings), lm),
             (explorer,), ())
         trajectories, calls = explorer.load_trajectories(explore_st.folder)
 
@@ -191,9 +204,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         tasks_st = stages.run(
             "synthesizer", {**y, "seed": seed, "lm": summary["lm"] if y["kind"] == "dspy" else None},
             {"explorer": explore_st, "simulator": sim_st},
-            lambda out: synthesizer.synthesize_tasks(
+            with_lm_usage(lambda out: synthesizer.synthesize_tasks(
                 trajectories, calls, {d["id"]: d for d in dags}, tool_rows, sim, out, seed,
-                **{k: v for k, v in y.items() if k != "kind"}, kind=y["kind"], writer=writer),
+                **{k: v for k, v in y.items() if k != "kind"}, kind=y["kind"], writer=writer), lm),
             (synthesizer,), ("tasks.jsonl",))
         tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
 

@@ -49,7 +49,7 @@ DETERMINISTIC_ENV = {
 
 # Left out of fingerprints: per-process scratch (HOME, server logs) and git's stat cache, which
 # records inode numbers and ctimes and is rewritten by read-only commands such as `git status`.
-_SKIP_TOP = {"home", ".logs"}
+_SKIP_TOP = {"home", "tmp", ".logs"}
 
 
 class SeedError(ValueError):
@@ -202,7 +202,7 @@ def _skipped(rel: PurePosixPath) -> bool:
 def fingerprint(root: Path) -> str:
     """sha256 over relative paths, kinds and bytes of everything in the sandbox.
 
-    Skips ``home/`` and ``.logs/`` (per-process scratch) and ``.git/index`` (a stat cache that
+    Skips ``home/``, ``tmp/`` and ``.logs/`` (per-process scratch) and ``.git/index`` (a stat cache that
     read-only git commands rewrite). Equal fingerprints mean equal content.
     """
     root = Path(root)

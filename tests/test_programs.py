@@ -74,3 +74,58 @@ def test_dspy_explorer_needs_an_lm():
 
     with pytest.raises(ValueError, match="needs an LM"):
         make_proposer("dspy", None)
+
+
+@pytest.mark.servers
+def test_dspy_explorer_follows_edges_and_repairs_on_a_stateful_server(tmp_path):
+    """The real program over a two-node DAG on the sqlite server (a fresh sandbox): the tool reaches
+    the LM as a dspy.Tool signature, the first call's result is in the second prompt, and after the
+    server rejects the scripted LM's bad SQL the error is shown to it and its repair is what runs."""
+    if not installed("sqlite"):
+        pytest.skip("sqlite server not installed (make servers)")
+    from omegaconf import OmegaConf
+
+    from firefly_exp import PROJECT_ROOT
+    from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
+    from firefly_exp.results import value_of
+    from firefly_exp.servers import discover_tools, load_tools
+    from programs.lm import lm_usage
+
+    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
+    specs = {"sqlite": {**cat["sqlite"], "id": "sqlite"}}
+    discover_tools(list(specs.values()), PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path)
+    tools = load_tools(tmp_path)
+    bad, good = "SELEC name FROM customers", "SELECT name FROM customers WHERE id = 1"
+    lm = DummyLM([{"reasoning": "see the tables", "arguments": "{}"},
+                  {"reasoning": "a query", "arguments": json.dumps({"query": bad})},
+                  {"reasoning": "fix the typo", "arguments": json.dumps({"query": good})}])
+    dag = {"id": "dag-sql", "index": 0, "nodes": ["sqlite/list_tables", "sqlite/read_query"],
+           "edges": [{"source": "sqlite/list_tables", "target": "sqlite/read_query", "mapping": {}}]}
+    metrics = explore([dag], tools, specs, PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path / "explore", 0,
+                      make_proposer("dspy", lm), ExploreSettings(concurrency=1))
+    (traj,), calls = load_trajectories(tmp_path / "explore")
+    assert traj["status"] == "complete" and metrics["errors_tool_error"] == 1
+    assert [c["arguments"] for c in calls] == [{}, {"query": bad}, {"query": good}]
+    assert [c["is_error"] for c in calls] == [False, True, False]
+    assert "Ada" in json.dumps(value_of(calls[2]))
+    prompts = [h["messages"][-1]["content"] for h in lm.history]
+    assert "read_query, whose description is" in prompts[1]              # the dspy.Tool signature
+    assert "customers" in prompts[1].split("[[ ## observations ## ]]")[1]  # step 0's result flowed in
+    error = calls[1]["content"][0]["text"][:40]
+    assert "none" in prompts[1].split("[[ ## previous_error ## ]]")[1][:20] and error in prompts[2]
+    assert lm_usage(lm)["lm_calls"] == 3
+
+
+def test_dspy_explorer_with_an_openai_compatible_lm_composes(config):
+    """explorer=dspy lm=openai_compatible: the config composes and builds the LM and the proposer
+    (no request is made)."""
+    from omegaconf import OmegaConf
+
+    from firefly_exp.explorer import make_proposer
+    from programs.lm import configure_lm
+
+    cfg = config("explorer=dspy", "lm=openai_compatible", "lm.api_base=http://127.0.0.1:9/v1")
+    assert cfg.explorer.kind == "dspy" and cfg.explorer.dag_retries >= 0
+    lm = configure_lm(OmegaConf.to_container(cfg.lm, resolve=True))
+    assert lm.model == "openai/local-model" and lm.kwargs["api_base"] == "http://127.0.0.1:9/v1"
+    assert make_proposer(cfg.explorer.kind, lm).lm is lm
