@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import PROJECT_ROOT, __version__, evaluate, explorer, graph, sampler, servers, simulator, synthesizer
+from . import PROJECT_ROOT, __version__, evaluate, explorer, graph, observed, sampler, servers, simulator, synthesizer
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
 
@@ -136,18 +136,22 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         mlflow.log_dict(summary["servers"], "servers.json")
 
         g = conf["graph"]
+        observed_calls, observed_key = _observed_calls(g.get("observed_from"))
         graph_st = stages.run(
-            "graph", {**g, "lm": summary["lm"]}, {"servers": tools_st},
-            lambda out: graph.build_graph(tools, out, g["weights"], g["thresholds"], g["max_out_degree"],
-                                          g.get("lm_judge"), lm),
-            (graph,), ("edges.parquet", "graph.json", "graph.png"))
+            "graph", {**g, "lm": summary["lm"], "observed_key": observed_key}, {"servers": tools_st},
+            lambda out: graph.build_graph(
+                tools, out, g["weights"], g["thresholds"], g["max_out_degree"], g.get("lm_judge"), lm,
+                embedding={k: v for k, v in (g.get("embedding") or {}).items() if k != "cache"},
+                observed_calls=observed_calls, infer_schemas=g.get("infer_schemas", True),
+                cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
+            (graph,), ("edges.parquet", "graph.json", "graph.png", "report.json", "inferred_schemas.parquet"))
         tool_graph = graph.load_graph(graph_st.folder)
 
         s = conf["sampler"]
         dags_st = stages.run(
             "sampler", {**s, "seed": seed}, {"graph": graph_st},
             lambda out: sampler.sample_subdags(tool_graph, out, seed, **s),
-            (sampler,), ("dags.jsonl",))
+            (sampler,), ("dags.jsonl", "shapes.png"))
         dags = read_jsonl(dags_st.folder / "dags.jsonl")
 
         e = conf["explorer"]
@@ -160,6 +164,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                          explorer.make_proposer(e["kind"], lm), settings),
             (explorer,), ())
         trajectories, calls = explorer.load_trajectories(explore_st.folder)
+
+        # edge validity: along how many sampled edges exploration really passed a value
+        flow_st = stages.run(
+            "flow", {}, {"sampler": dags_st, "explorer": explore_st},
+            lambda out: _write_metrics(out / "flow.json", observed.edge_validity(dags, calls)),
+            (observed,), ("flow.json",))
 
         sim_st = stages.run(
             "simulator", conf["simulator"], {"explorer": explore_st},
@@ -204,6 +214,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                              "edges": graph_st.metrics["edges"], "dags": dags_st.metrics["dags"],
                              "calls": explore_st.metrics["calls"], "verified_tasks": tasks_st.metrics["tasks"],
                              "test_tasks": len(held_out)}
+        summary["counts"]["tasks_per_dag"] = round(tasks_st.metrics["tasks"] / max(explore_st.metrics["dags"], 1), 4)
+        summary["counts"]["edge_validity"] = flow_st.metrics["edge_validity"]
         summary["eval"] = eval_st.metrics["policies"]
         tracking.log_metrics({**{f"count.{k}": v for k, v in summary["counts"].items()},
                               **{f"eval.{p}.{m}": x for p, ms in summary["eval"].items() for m, x in ms.items()},
@@ -212,6 +224,26 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         mlflow.log_artifact(str(run_dir / "summary.json"))
     _point_latest(Path(conf["paths"]["outputs"]), run_dir)
     return summary
+
+
+def _write_metrics(path: Path, metrics: dict) -> dict:
+    write_json_atomic(path, metrics)
+    return metrics
+
+
+def _observed_calls(source: str | None) -> tuple[list[dict] | None, str | None]:
+    """The calls of an earlier exploration (``graph.observed_from``) and that folder's store key."""
+    if not source:
+        return None, None
+    folder = Path(source)
+    if (folder / "summary.json").exists():  # a run folder: its summary names its explorer folder
+        folder = Path(json.loads((folder / "summary.json").read_text())["stages"]["explorer"]["folder"])
+    manifest = folder / "manifest.json"
+    if not (folder / "calls.jsonl").exists() or not manifest.exists():
+        raise ConfigError(f"graph.observed_from={source}: not a finished explorer folder (outputs/store/explorer/<key>) "
+                          f"or run folder; use graph.observed_from=null")
+    _, calls = explorer.load_trajectories(folder)
+    return calls, json.loads(manifest.read_text())["key"]
 
 
 def _hydra_output_dir() -> str | None:
@@ -250,6 +282,7 @@ def print_summary(summary: dict) -> None:
     print("\n== firefly_exp run:", summary["run_dir"])
     print(f"servers {c['servers']} | tools {c['tools']} | edges {c['edges']} | DAGs {c['dags']} | "
           f"calls {c['calls']} | verified tasks {c['verified_tasks']} (held out {c['test_tasks']})")
+    print(f"edge validity {c.get('edge_validity', 0):.3f} | verified tasks per explored DAG {c.get('tasks_per_dag', 0):.3f}")
     for name, st in summary["stages"].items():
         if "wall_s" in st:
             print(f"  {name:<12} {'reused' if st['reused'] else 'ran   '} {st['wall_s']:>8.1f}s")
