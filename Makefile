@@ -34,5 +34,8 @@ test: servers ## install, then run the tests (slow ones excluded)
 test-all: servers ## the tests, slow ones included
 	$(PY) -m pytest -q -m "" $(ARGS)
 
+bench: install ## run every benchmark under bench/ (bench/graph.py writes outputs/bench/graph.json)
+	for f in bench/*.py; do $(PY) $$f || exit 1; done
+
 clean: ## remove run outputs (keeps installs and the MLflow store)
 	rm -rf outputs/runs outputs/multirun outputs/store outputs/latest
