@@ -1,15 +1,26 @@
 """Stage 2, graph: a directed tool graph, edge A->B when A's output can plausibly feed B's input.
 
-Evidence per ordered pair (weights from ``conf/graph``):
-- ``flow``: data-flow compatibility, an output field of A (declared output schema, or the whole text
-  result when A declares none) whose name and type match an input parameter of B;
+Evidence per ordered pair, each a config choice with a weight (``conf/graph``):
+- ``flow``: data-flow compatibility: an output field of A (declared output schema, else the schema
+  inferred from observed results, else the whole text result ``*``) whose name, type or value
+  pattern (path, url, email, date, id) matches an input parameter of B;
 - ``similarity``: cosine similarity of the two tools' descriptions, embedded offline with
-  all-MiniLM-L6-v2;
+  all-MiniLM-L6-v2 (``embeddings.py``: short sequences, length-sorted batches, optional int8, a
+  cache by content hash);
 - ``lm_judge`` (only when an LM is configured): the DSPy program ``programs.edge_judge`` re-judges
-  the highest-ranked candidate pairs and sets the confidence and field mapping.
+  the ``max_pairs`` highest-ranked candidates (batched, cached by content hash) and sets their
+  confidence and field mapping;
+- ``observed``: pairs along which an earlier exploration (``graph.observed_from``) really passed a
+  value are confirmed (confidence high, the mapping it used).
 
-Writes ``edges.parquet`` (source, target, score, confidence, evidence, mapping), ``graph.json``
-(networkx node-link) and ``graph.png``.
+Scoring is vectorised: every distinct output field and input parameter becomes a key, the key-pair
+score matrix is built from sparse token matrices, and the tool-pair flow score is a max-reduction of
+it, computed in row blocks together with the similarity and a top-k per source (``argpartition``).
+``flow_score`` is the same score for one pair (the reference the tests compare against).
+
+Writes ``edges.parquet`` (source, target, score, flow, similarity, confidence, evidence, mapping,
+cross_server, observed), ``graph.json`` (networkx node-link), ``graph.png``, ``report.json`` and,
+when observations were given, ``inferred_schemas.parquet``.
 """
 
 from __future__ import annotations
@@ -22,10 +33,16 @@ import networkx as nx
 import numpy as np
 import polars as pl
 
+from .schemas import name_pattern
 from .store import write_json_atomic
 
 FREE_TEXT_PARAMS = {"query", "text", "content", "contents", "expression", "observations", "input",
                     "sql", "value", "message", "body", "data", "description", "note", "search"}
+GENERIC_TOKENS = {"name", "id", "type", "value"}
+PATTERN_SCORE = 0.6      # an output whose values look like what a parameter wants (path -> path)
+MIN_FLOW = 0.3           # a pair needs one parameter at least this well fed to map anything
+_TYPES = ["string", "integer", "number", "boolean", "array", "object", "null"]
+LEVELS = ("high", "medium", "low")
 
 
 def _tokens(name: str) -> set[str]:
@@ -33,38 +50,50 @@ def _tokens(name: str) -> set[str]:
     return {t for t in re.split(r"[^a-zA-Z0-9]+", name.lower()) if t}
 
 
-def output_fields(output_schema: dict | None) -> list[tuple[str, str]]:
-    """(path, type) of every field an output schema declares; [('*', 'string')] when none."""
-    if not output_schema:
-        return [("*", "string")]
-    out: list[tuple[str, str]] = []
+def _first_type(typ) -> str:
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), "string")
+    return typ if isinstance(typ, str) else "string"
+
+
+def output_fields(output_schema: dict | None, patterns: bool = False) -> list[tuple]:
+    """(path, type) of every field an output schema declares; [('*', 'string')] when none.
+    With ``patterns``, (path, type, value pattern) triples."""
+    out: list[tuple] = []
+    root_pat = (output_schema or {}).get("x-pattern") if isinstance(output_schema, dict) else None
+
+    def add(path, typ, sub):
+        out.append((path, typ, name_pattern(path.split(".")[-1], sub)) if patterns else (path, typ))
 
     def walk(schema: dict, prefix: str) -> None:
         props = schema.get("properties") or {}
         for key, sub in props.items():
             path = f"{prefix}.{key}" if prefix else key
-            typ = sub.get("type", "string") if isinstance(sub, dict) else "string"
-            if isinstance(typ, list):
-                typ = next((t for t in typ if t != "null"), "string")
-            out.append((path, typ))
+            typ = _first_type(sub.get("type", "string")) if isinstance(sub, dict) else "string"
+            add(path, typ, sub)
             if isinstance(sub, dict):
                 if typ == "object":
                     walk(sub, path)
                 elif typ == "array" and isinstance(sub.get("items"), dict):
                     walk(sub["items"], path + ".0")
 
-    walk(output_schema, "")
-    return out or [("*", "string")]
+    if output_schema:
+        walk(output_schema, "")
+        if not out and output_schema.get("type") == "array" and isinstance(output_schema.get("items"), dict):
+            walk(output_schema["items"], "0")
+    if not out:
+        return [("*", "string", root_pat)] if patterns else [("*", "string")]
+    return out
 
 
-def input_params(input_schema: dict) -> list[tuple[str, str, bool]]:
+def input_params(input_schema: dict, patterns: bool = False) -> list[tuple]:
+    """(name, type, required) per parameter; with ``patterns`` (name, type, required, pattern)."""
     required = set(input_schema.get("required") or [])
     out = []
     for name, sub in (input_schema.get("properties") or {}).items():
-        typ = sub.get("type", "string") if isinstance(sub, dict) else "string"
-        if isinstance(typ, list):
-            typ = next((t for t in typ if t != "null"), "string")
-        out.append((name, typ, name in required))
+        typ = _first_type(sub.get("type", "string")) if isinstance(sub, dict) else "string"
+        out.append((name, typ, name in required, name_pattern(name, sub)) if patterns else
+                   (name, typ, name in required))
     return out
 
 
@@ -74,104 +103,275 @@ def _types_fit(out_type: str, in_type: str) -> bool:
         (in_type == "string" and out_type in numeric)
 
 
-def flow_score(outputs: list[tuple[str, str]], params: list[tuple[str, str, bool]]) -> tuple[float, dict]:
-    """Best name/type match of A's output fields against B's parameters, and the field mapping
-    ``{input parameter: output path}`` ('*' for the whole text result)."""
+def key_score(fname: str, ftype: str, fpat: str | None, pname: str, ptype: str, ppat: str | None,
+              required: bool) -> float:
+    """How well one output field feeds one input parameter (``fname`` '*' = the whole text result).
+
+    >>> key_score("path", "string", None, "path", "string", None, True)
+    1.0
+    >>> key_score("*", "string", "path", "file", "string", "path", False)   # a path-valued text result
+    0.48
+    """
+    ptoks = _tokens(pname)
+    if fname == "*":
+        s = 0.35 if (ptoks & FREE_TEXT_PARAMS and ptype == "string") else 0.1 if ptype == "string" else 0.0
+    else:
+        ftoks = _tokens(fname)
+        if fname.lower() == pname.lower():
+            s = 1.0
+        elif ftoks and ptoks and len(ftoks & ptoks) / len(ftoks | ptoks) >= 0.5:
+            s = 0.75
+        elif ftoks & (ptoks - GENERIC_TOKENS):
+            s = 0.5
+        else:
+            s = 0.0
+        if s and not _types_fit(ftype, ptype):
+            s *= 0.5
+    if fpat and fpat == ppat and fpat != "number":
+        s = max(s, PATTERN_SCORE)
+    return round(s * (1.0 if required else 0.8), 6)
+
+
+def flow_score(outputs: list[tuple], params: list[tuple]) -> tuple[float, dict]:
+    """Best match of A's output fields against B's parameters, and the field mapping
+    ``{input parameter: output path}`` ('*' for the whole text result); patterns optional."""
     mapping: dict[str, str] = {}
     best = 0.0
-    for pname, ptype, required in params:
-        ptoks = _tokens(pname)
+    for p in params:
+        pname, ptype, required = p[0], p[1], p[2]
+        ppat = p[3] if len(p) > 3 else None
         p_best, p_field = 0.0, None
-        for fpath, ftype in outputs:
-            if fpath == "*":
-                s = 0.35 if (ptoks & FREE_TEXT_PARAMS and ptype == "string") else 0.1 if ptype == "string" else 0.0
-            else:
-                fname = fpath.split(".")[-1]
-                ftoks = _tokens(fname)
-                if fname.lower() == pname.lower():
-                    s = 1.0
-                elif ftoks and ptoks and len(ftoks & ptoks) / len(ftoks | ptoks) >= 0.5:
-                    s = 0.75
-                elif ftoks & ptoks - {"name", "id", "type", "value"}:
-                    s = 0.5
-                else:
-                    s = 0.0
-                if s and not _types_fit(ftype, ptype):
-                    s *= 0.5
-            s *= 1.0 if required else 0.8
+        for f in outputs:
+            fpath, ftype = f[0], f[1]
+            fpat = f[2] if len(f) > 2 else None
+            s = key_score(fpath.split(".")[-1] if fpath != "*" else "*", ftype, fpat, pname, ptype, ppat, required)
             if s > p_best:
                 p_best, p_field = s, fpath
-        if p_field is not None and p_best >= 0.3:
+        if p_field is not None and p_best >= MIN_FLOW:
             mapping[pname] = p_field
         best = max(best, p_best)
     return best, mapping
 
 
-def _tool_text(row: dict, side: str) -> str:
-    if side == "out":
-        fields = [f for f, _ in output_fields(json.loads(row["output_schema"]) if row["output_schema"] else None)]
-        return f"{row['name']}: {row['description']} Returns: {', '.join(fields)}"
-    params = json.loads(row["input_schema"]).get("properties") or {}
-    described = [f"{k} ({(v or {}).get('description', '')})" for k, v in params.items() if isinstance(v, dict)]
-    return f"{row['name']}: {row['description']} Takes: {'; '.join(described)}"
-
-
 def confidence_level(score: float, thresholds: dict) -> str | None:
-    if score >= thresholds["high"]:
-        return "high"
-    if score >= thresholds["medium"]:
-        return "medium"
-    if score >= thresholds["low"]:
-        return "low"
+    for level in LEVELS:
+        if score >= thresholds[level]:
+            return level
     return None
 
 
-def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: dict,
-                max_out_degree: int = 12, lm_judge: dict | None = None, lm=None) -> dict:
-    """Score every ordered pair of tools, keep the edges, save them; returns the stage metrics."""
-    rows = tools.sort("tool").to_dicts()
+def tool_text(row: dict) -> str:
+    """What is embedded per tool (one text per tool, so 10,000 tools are 10,000 texts)."""
+    return f"{row['name'].replace('_', ' ')}: {row['description']}"
+
+
+def _output_schema(row: dict, inferred: dict) -> dict | None:
+    if row.get("output_schema"):
+        return json.loads(row["output_schema"])
+    return inferred.get(row["tool"])
+
+
+class _Keys:
+    """Distinct output fields and input parameters of a catalog, and which tools have which."""
+
+    def __init__(self, outs: list[list[tuple]], ins: list[list[tuple]]):
+        self.out_index: dict[tuple, int] = {}
+        self.in_index: dict[tuple, int] = {}
+        self.tool_out = [sorted({self.out_index.setdefault((f[0].split(".")[-1] if f[0] != "*" else "*", f[1], f[2]),
+                                                           len(self.out_index)) for f in fs}) for fs in outs]
+        self.tool_in = [sorted({self.in_index.setdefault((p[0], p[1], bool(p[2]), p[3]), len(self.in_index))
+                                for p in ps}) for ps in ins]
+
+    def score_matrix(self) -> np.ndarray:
+        """``S[f, p]`` = key_score of output key f and parameter key p, vectorised; one extra zero column."""
+        from scipy import sparse
+
+        fkeys, pkeys = list(self.out_index), list(self.in_index)
+        vocab: dict[str, int] = {}
+
+        def incidence(names: list[str], drop: set[str] = frozenset()):
+            rows, cols = [], []
+            for r, name in enumerate(names):
+                for t in _tokens(name) - drop if name != "*" else ():
+                    rows.append(r)
+                    cols.append(vocab.setdefault(t, len(vocab)))
+            return rows, cols
+
+        fr, fc = incidence([k[0] for k in fkeys])
+        pr, pc = incidence([k[0] for k in pkeys])
+        gr, gc = incidence([k[0] for k in pkeys], GENERIC_TOKENS)
+        V = len(vocab) or 1
+
+        def mat(r, c, n):
+            return sparse.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, V))
+
+        F, P, G = mat(fr, fc, len(fkeys)), mat(pr, pc, len(pkeys)), mat(gr, gc, len(pkeys))
+        inter = (F @ P.T).toarray()
+        inter_ng = (F @ G.T).toarray() > 0
+        nf, npar = np.asarray(F.sum(1)).ravel(), np.asarray(P.sum(1)).ravel()
+        union = nf[:, None] + npar[None, :] - inter
+        with np.errstate(divide="ignore", invalid="ignore"):
+            jacc = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        names_lower = {}
+        fid = np.array([names_lower.setdefault(k[0].lower(), len(names_lower)) for k in fkeys])
+        pid = np.array([names_lower.setdefault(k[0].lower(), len(names_lower)) for k in pkeys])
+        exact = fid[:, None] == pid[None, :]
+        base = np.select([exact, jacc >= 0.5, inter_ng], [1.0, 0.75, 0.5], 0.0)
+        t_index = {t: i for i, t in enumerate(_TYPES)}
+        ft = np.array([t_index.get(k[1], 0) for k in fkeys])
+        pt = np.array([t_index.get(k[1], 0) for k in pkeys])
+        fit_table = np.array([[_types_fit(a, b) for b in _TYPES] for a in _TYPES])
+        base = np.where(fit_table[ft[:, None], pt[None, :]], base, base * 0.5)
+        star = np.array([k[0] == "*" for k in fkeys])
+        if star.any():
+            p_string = pt == t_index["string"]
+            p_free = np.array([bool(_tokens(k[0]) & FREE_TEXT_PARAMS) for k in pkeys])
+            base[star] = np.where(p_string, np.where(p_free, 0.35, 0.1), 0.0)[None, :]
+        pats = {p: i + 1 for i, p in enumerate(["path", "url", "email", "date", "id"])}
+        fp = np.array([pats.get(k[2], 0) for k in fkeys])
+        pp = np.array([pats.get(k[3], -1) for k in pkeys])
+        base = np.where(fp[:, None] == pp[None, :], np.maximum(base, PATTERN_SCORE), base)
+        req = np.array([1.0 if k[2] else 0.8 for k in pkeys])
+        S = np.zeros((len(fkeys), len(pkeys) + 1), dtype=np.float32)
+        S[:, :-1] = np.round(base * req[None, :], 6)
+        return S
+
+
+def flow_matrix_rows(keys: _Keys, S: np.ndarray, rows: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """Flow scores of the source tools ``rows`` against every tool (max over parameter keys)."""
+    dummy = S.shape[1] - 1
+    p_lists = [k if k else [dummy] for k in keys.tool_in]
+    p_flat = np.fromiter((p for k in p_lists for p in k), dtype=np.int64)
+    p_off = np.cumsum([0] + [len(k) for k in p_lists[:-1]])
+    return np.maximum.reduceat(t1[rows][:, p_flat], p_off, axis=1)
+
+
+def _t1(keys: _Keys, S: np.ndarray, block: int = 2048) -> np.ndarray:
+    """``T1[i, p]``: the best any output field of tool i scores against parameter key p."""
+    n = len(keys.tool_out)
+    out = np.zeros((n, S.shape[1]), dtype=np.float32)
+    for start in range(0, n, block):
+        lists = keys.tool_out[start:start + block]
+        flat = np.fromiter((f for k in lists for f in k), dtype=np.int64)
+        off = np.cumsum([0] + [len(k) for k in lists[:-1]])
+        out[start:start + len(lists)] = np.maximum.reduceat(S[flat], off, axis=0)
+    return out
+
+
+def score_pairs(rows: list[dict], weights: dict, thresholds: dict, max_out_degree: int,
+                inferred: dict | None = None, embedding: dict | None = None, block: int = 512) -> list[dict]:
+    """Candidate edges: per source, the best ``max_out_degree`` targets at or above ``thresholds.low``."""
+    inferred = inferred or {}
     n = len(rows)
-    sim = np.zeros((n, n), dtype=np.float32)
-    if weights.get("similarity", 0) > 0 and n:
+    if not n:
+        return []
+    outs = [output_fields(_output_schema(r, inferred), patterns=True) for r in rows]
+    ins = [input_params(json.loads(r["input_schema"]), patterns=True) for r in rows]
+    wf, ws = float(weights.get("flow", 0.6)), float(weights.get("similarity", 0.4))
+    vecs = None
+    if ws > 0:
         from .embeddings import embed
 
-        out_vecs = embed([_tool_text(r, "out") for r in rows])
-        in_vecs = embed([_tool_text(r, "in") for r in rows])
-        sim = np.clip(out_vecs @ in_vecs.T, 0.0, 1.0)
-    outs = [output_fields(json.loads(r["output_schema"]) if r["output_schema"] else None) for r in rows]
-    ins = [input_params(json.loads(r["input_schema"])) for r in rows]
-    wf, ws = float(weights.get("flow", 0.6)), float(weights.get("similarity", 0.4))
-    candidates = []
-    for i in range(n):
-        scored = []
-        for j in range(n):
-            if i == j or not ins[j]:
-                continue
-            flow, mapping = flow_score(outs[i], ins[j])
-            score = (wf * flow + ws * float(sim[i, j])) / max(wf + ws, 1e-9)
-            if confidence_level(score, thresholds) and mapping:
-                evidence = [k for k, v in (("flow", flow > 0), ("similarity", ws > 0)) if v]
-                scored.append((score, j, flow, float(sim[i, j]), mapping, evidence))
-        scored.sort(key=lambda t: (-t[0], rows[t[1]]["tool"]))
-        for score, j, flow, s, mapping, evidence in scored[:max_out_degree]:
-            candidates.append({"source": rows[i]["tool"], "target": rows[j]["tool"], "score": round(score, 4),
-                               "flow": round(flow, 4), "similarity": round(s, 4),
-                               "confidence": confidence_level(score, thresholds), "evidence": evidence,
-                               "mapping": mapping})
-    judged = 0
+        vecs = embed([tool_text(r) for r in rows], **(embedding or {}))
+    keys = _Keys(outs, ins)
+    S = keys.score_matrix()
+    t1 = _t1(keys, S)
+    has_params = np.array([bool(p) for p in ins])
+    low = float(thresholds["low"])
+    candidates: list[dict] = []
+    mapping_memo: dict[tuple, tuple[float, dict]] = {}
+    sig_out = [json.dumps(o) for o in outs]
+    sig_in = [json.dumps(i) for i in ins]
+    for start in range(0, n, block):
+        idx = np.arange(start, min(start + block, n))
+        flow = flow_matrix_rows(keys, S, idx, t1)
+        sim = np.clip(vecs[idx] @ vecs.T, 0.0, 1.0) if vecs is not None else np.zeros_like(flow)
+        score = (wf * flow + ws * sim) / max(wf + ws, 1e-9)
+        valid = (flow >= MIN_FLOW) & has_params[None, :] & (score >= low)
+        valid[np.arange(len(idx)), idx] = False
+        masked = np.where(valid, score, -1.0)
+        k = min(max_out_degree, n)
+        top = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(idx), 1))
+        for r, i in enumerate(idx):
+            js = [j for j in top[r] if masked[r, j] >= 0]
+            js.sort(key=lambda j: (-masked[r, j], rows[j]["tool"]))
+            for j in js[:max_out_degree]:
+                memo = (sig_out[i], sig_in[j])
+                if memo not in mapping_memo:
+                    mapping_memo[memo] = flow_score(outs[i], ins[j])
+                f, mapping = mapping_memo[memo]
+                candidates.append({"source": rows[i]["tool"], "target": rows[j]["tool"],
+                                   "score": round(float(score[r, j]), 4), "flow": round(float(flow[r, j]), 4),
+                                   "similarity": round(float(sim[r, j]), 4), "mapping": mapping,
+                                   "evidence": [e for e, on in (("flow", wf > 0), ("similarity", ws > 0)) if on]})
+    for e in candidates:
+        e["confidence"] = confidence_level(e["score"], thresholds)
+    return candidates
+
+
+def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: dict,
+                max_out_degree: int = 12, lm_judge: dict | None = None, lm=None, embedding: dict | None = None,
+                observed_calls: list[dict] | None = None, cache_dir: str | Path | None = None,
+                infer_schemas: bool = True) -> dict:
+    """Score every ordered pair of tools, keep the edges, save them; returns the stage metrics.
+
+    ``observed_calls``: the calls of an earlier exploration (optional): they give inferred output
+    schemas (when ``infer_schemas``) and, with ``weights.observed`` > 0, confirmed edges."""
+    from .observed import observed_flow
+    from .schemas import infer_output_schemas
+
+    out_dir = Path(out_dir)
+    rows = tools.sort("tool").to_dicts()
+    n = len(rows)
+    inferred: dict = {}
+    if observed_calls and infer_schemas:
+        inferred = infer_output_schemas(observed_calls, {r["tool"] for r in rows if not r.get("output_schema")})
+        pl.DataFrame([{"tool": t, "inferred_output_schema": json.dumps(s, sort_keys=True),
+                       "observed": s.get("x-observed", 0)} for t, s in inferred.items()],
+                     schema={"tool": pl.Utf8, "inferred_output_schema": pl.Utf8, "observed": pl.Int64}
+                     ).write_parquet(out_dir / "inferred_schemas.parquet")
+    emb = {**(embedding or {}), "cache_dir": cache_dir} if cache_dir else embedding
+    candidates = score_pairs(rows, weights, thresholds, max_out_degree, inferred, emb)
+    for e in candidates:
+        e["cheap_confidence"] = e["confidence"]
+    judged, agreement = 0, {}
     if lm is not None and lm_judge and lm_judge.get("enabled", True):
         from programs.edge_judge import judge_edges
 
         by_tool = {r["tool"]: r for r in rows}
-        top = sorted(candidates, key=lambda e: -e["score"])[: int(lm_judge.get("max_pairs", 200))]
-        for edge, verdict in zip(top, judge_edges(top, by_tool, lm)):
+        top = sorted(candidates, key=lambda e: (-e["score"], e["source"], e["target"]))[: int(lm_judge.get("max_pairs", 200))]
+        verdicts = judge_edges(top, by_tool, lm, cache_dir=cache_dir, num_threads=int(lm_judge.get("num_threads", 4)))
+        for edge, verdict in zip(top, verdicts):
             if verdict is None:
                 continue
             judged += 1
-            edge["confidence"] = verdict["confidence"]
+            edge["lm_confidence"] = verdict["confidence"]
+            edge["confidence"] = verdict["confidence"] if verdict["confidence"] != "none" else None
             edge["mapping"] = verdict["mapping"] or edge["mapping"]
             edge["evidence"] = edge["evidence"] + ["lm_judge"]
-        candidates = [e for e in candidates if e["confidence"] != "none"]
+        agreement.update(_agreement([e for e in top if "lm_confidence" in e], "lm", thresholds))
+        candidates = [e for e in candidates if e["confidence"]]
+    n_observed = 0
+    if observed_calls and float(weights.get("observed", 0)) > 0:
+        flows = observed_flow(observed_calls)
+        by_pair = {(e["source"], e["target"]): e for e in candidates}
+        known = {r["tool"] for r in rows}
+        for (src, tgt), ob in sorted(flows.items()):
+            if src not in known or tgt not in known or src == tgt:
+                continue
+            n_observed += 1
+            e = by_pair.get((src, tgt))
+            if e is None:
+                e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
+                     "mapping": {}, "evidence": [], "cheap_confidence": None}
+                candidates.append(e)
+                by_pair[(src, tgt)] = e
+            e["observed"] = ob["n"]
+            e["confidence"] = "high"
+            e["score"] = max(e["score"], float(thresholds["high"]))
+            e["mapping"] = {**e["mapping"], **ob["mapping"]}
+            e["evidence"] = e["evidence"] + ["observed"]
+        agreement.update(_observed_agreement(flows, candidates, known))
     graph = nx.DiGraph()
     for r in rows:
         graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
@@ -179,21 +379,60 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
         graph.add_edge(e["source"], e["target"], score=e["score"], confidence=e["confidence"],
                        mapping=json.dumps(e["mapping"]))
     frame = pl.DataFrame(
-        [{**e, "evidence": ",".join(e["evidence"]), "mapping": json.dumps(e["mapping"], sort_keys=True),
+        [{"source": e["source"], "target": e["target"], "score": e["score"], "flow": e["flow"],
+          "similarity": e["similarity"], "confidence": e["confidence"], "evidence": ",".join(e["evidence"]),
+          "mapping": json.dumps(e["mapping"], sort_keys=True), "observed": int(e.get("observed", 0)),
           "cross_server": e["source"].split("/")[0] != e["target"].split("/")[0]} for e in candidates],
         schema={"source": pl.Utf8, "target": pl.Utf8, "score": pl.Float64, "flow": pl.Float64,
                 "similarity": pl.Float64, "confidence": pl.Utf8, "evidence": pl.Utf8, "mapping": pl.Utf8,
-                "cross_server": pl.Boolean})
-    frame.write_parquet(Path(out_dir) / "edges.parquet")
-    write_json_atomic(Path(out_dir) / "graph.json", nx.node_link_data(graph, edges="edges"))
-    _plot(graph, Path(out_dir) / "graph.png")
-    levels = {lvl: int((frame["confidence"] == lvl).sum()) if frame.height else 0 for lvl in ("high", "medium", "low")}
+                "observed": pl.Int64, "cross_server": pl.Boolean})
+    frame.write_parquet(out_dir / "edges.parquet")
+    write_json_atomic(out_dir / "graph.json", nx.node_link_data(graph, edges="edges"))
+    plot_graph(graph, out_dir / "graph.png")
+    metrics = graph_report(frame, n, graph)
+    metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "inferred_schemas": len(inferred),
+                    **{f"agreement.{k}": v for k, v in agreement.items()}})
+    write_json_atomic(out_dir / "report.json", metrics)
+    return metrics
+
+
+def graph_report(frame: pl.DataFrame, n: int, graph: nx.DiGraph) -> dict:
+    """Edge count, per confidence level, fraction of ordered pairs, intra- vs cross-server, start tools."""
+    levels = {lvl: int((frame["confidence"] == lvl).sum()) if frame.height else 0 for lvl in LEVELS}
+    cross = int(frame["cross_server"].sum()) if frame.height else 0
     confident_out = {u: sum(1 for _, _, d in graph.out_edges(u, data=True) if d["confidence"] in ("high", "medium"))
                      for u in graph.nodes}
     return {"tools": n, "edges": frame.height, **{f"edges_{k}": v for k, v in levels.items()},
             "pair_fraction": round(frame.height / max(n * (n - 1), 1), 4),
-            "cross_server_edges": int(frame["cross_server"].sum()) if frame.height else 0,
-            "start_tools": sum(1 for v in confident_out.values() if v >= 2), "lm_judged": judged}
+            "pair_fraction_medium_plus": round((levels["high"] + levels["medium"]) / max(n * (n - 1), 1), 4),
+            "cross_server_edges": cross, "intra_server_edges": frame.height - cross,
+            "start_tools": sum(1 for v in confident_out.values() if v >= 2)}
+
+
+def _agreement(judged: list[dict], ref: str, thresholds: dict) -> dict:
+    """How often each cheap method's verdict (confident = medium or better) matches the LM judge's."""
+    if not judged:
+        return {}
+    truth = np.array([e["lm_confidence"] in ("high", "medium") for e in judged])
+    med = float(thresholds["medium"])
+    out = {}
+    for name, pred in (("combined", [e["cheap_confidence"] in ("high", "medium") for e in judged]),
+                       ("flow", [e["flow"] >= med for e in judged]),
+                       ("similarity", [e["similarity"] >= med for e in judged])):
+        out[f"{name}_vs_{ref}"] = round(float(np.mean(np.array(pred) == truth)), 4)
+    return out
+
+
+def _observed_agreement(flows: dict, candidates: list[dict], known: set) -> dict:
+    """Of the pairs exploration confirmed, the fraction each cheap method had kept / rated confident."""
+    pairs = [p for p in flows if p[0] in known and p[1] in known and p[0] != p[1]]
+    if not pairs:
+        return {}
+    by_pair = {(e["source"], e["target"]): e for e in candidates}
+    kept = [by_pair[p].get("cheap_confidence") is not None for p in pairs]
+    confident = [by_pair[p].get("cheap_confidence") in ("high", "medium") for p in pairs]
+    return {"observed_kept_by_cheap": round(float(np.mean(kept)), 4),
+            "observed_confident_by_cheap": round(float(np.mean(confident)), 4)}
 
 
 def load_graph(folder: Path) -> nx.DiGraph:
@@ -204,7 +443,30 @@ def load_graph(folder: Path) -> nx.DiGraph:
     return graph
 
 
-def _plot(graph: nx.DiGraph, path: Path) -> None:
+def server_graph(graph: nx.DiGraph) -> nx.DiGraph:
+    """Servers as nodes, an edge weighted by how many tool edges join them (for large catalogs)."""
+    g = nx.DiGraph()
+    for _, d in graph.nodes(data=True):
+        if d["server"] not in g:
+            g.add_node(d["server"], server=d["server"], tools=0)
+        g.nodes[d["server"]]["tools"] += 1
+    for u, v, d in graph.edges(data=True):
+        su, sv = graph.nodes[u]["server"], graph.nodes[v]["server"]
+        if su != sv and d["confidence"] in ("high", "medium"):
+            w = g.get_edge_data(su, sv, {"n": 0})["n"]
+            g.add_edge(su, sv, n=w + 1, confidence="high")
+    return g
+
+
+def plot_graph(graph: nx.DiGraph, path: Path, max_tools: int = 600) -> None:
+    """Tools coloured by server; above ``max_tools`` tools, the server-level graph (a tool layout
+    of thousands of nodes takes long and shows nothing)."""
+    if graph.number_of_nodes() > max_tools:
+        n_tools, n_edges = graph.number_of_nodes(), graph.number_of_edges()
+        graph = server_graph(graph)
+        title = f"server graph of {n_tools} tools, {n_edges} edges: {graph.number_of_nodes()} servers"
+    else:
+        title = None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,12 +479,12 @@ def _plot(graph: nx.DiGraph, path: Path) -> None:
     pos = nx.spring_layout(graph, seed=0, k=0.6)
     strong = [(u, v) for u, v, d in graph.edges(data=True) if d["confidence"] in ("high", "medium")]
     nx.draw_networkx_edges(graph, pos, edgelist=strong, alpha=0.15, arrows=False, ax=ax)
-    nx.draw_networkx_nodes(graph, pos, node_size=60, ax=ax,
+    nx.draw_networkx_nodes(graph, pos, node_size=60 if title is None else 20, ax=ax,
                            node_color=[colour[graph.nodes[n]["server"]] for n in graph.nodes])
-    for s in servers:
+    for s in servers[:40]:
         ax.scatter([], [], color=colour[s], label=s)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_title(f"tool graph: {graph.number_of_nodes()} tools, {graph.number_of_edges()} edges "
+    ax.set_title(title or f"tool graph: {graph.number_of_nodes()} tools, {graph.number_of_edges()} edges "
                  f"({len(strong)} medium/high shown)")
     ax.axis("off")
     fig.tight_layout()

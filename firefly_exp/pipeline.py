@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, evaluate, explorer, graph, sampler, servers, simulator, synthesizer
+from . import __version__, evaluate, explorer, graph, observed, sampler, servers, simulator, synthesizer
 from .simulator import fidelity, retrieval
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
@@ -150,18 +150,23 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         mlflow.log_dict(summary["servers"], "servers.json")
 
         g = conf["graph"]
+        observed_calls, observed_key = _observed_calls(g.get("observed_from"))
         graph_st = stages.run(
-            "graph", {**g, "lm": summary["lm"]}, {"servers": tools_st},
-            with_lm_usage(lambda out: graph.build_graph(tools, out, g["weights"], g["thresholds"],
-                                                        g["max_out_degree"], g.get("lm_judge"), lm), lm),
-            (graph,), ("edges.parquet", "graph.json", "graph.png"))
+            "graph", {**g, "lm": summary["lm"], "observed_key": observed_key}, {"servers": tools_st},
+            with_lm_usage(lambda out: graph.build_graph(
+                tools, out, g["weights"], g["thresholds"], g["max_out_degree"], g.get("lm_judge"), lm,
+                embedding={k: v for k, v in (g.get("embedding") or {}).items() if k != "cache"},
+                observed_calls=observed_calls, infer_schemas=g.get("infer_schemas", True),
+                cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
+                lm),
+            (graph,), ("edges.parquet", "graph.json", "graph.png", "report.json", "inferred_schemas.parquet"))
         tool_graph = graph.load_graph(graph_st.folder)
 
         s = conf["sampler"]
         dags_st = stages.run(
             "sampler", {**s, "seed": seed}, {"graph": graph_st},
             lambda out: sampler.sample_subdags(tool_graph, out, seed, **s),
-            (sampler,), ("dags.jsonl",))
+            (sampler,), ("dags.jsonl", "shapes.png"))
         dags = read_jsonl(dags_st.folder / "dags.jsonl")
 
         e = conf["explorer"]
@@ -174,6 +179,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                                        explorer.make_proposer(e["kind"], lm), settings), lm),
             (explorer,), ())
         trajectories, calls = explorer.load_trajectories(explore_st.folder)
+
+        # edge validity: along how many sampled edges exploration really passed a value
+        flow_st = stages.run(
+            "flow", {}, {"sampler": dags_st, "explorer": explore_st},
+            lambda out: _save_json(out / "flow.json", observed.edge_validity(dags, calls)),
+            (observed,), ("flow.json",))
+
 
         m = conf["simulator"]
         scopes = {sid: spec.get("state_scope") or sid for sid, spec in specs.items()}
@@ -249,6 +261,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                              "edges": graph_st.metrics["edges"], "dags": dags_st.metrics["dags"],
                              "calls": explore_st.metrics["calls"], "verified_tasks": tasks_st.metrics["tasks"],
                              "test_tasks": len(held_out)}
+        summary["counts"]["tasks_per_dag"] = round(tasks_st.metrics["tasks"] / max(explore_st.metrics["dags"], 1), 4)
+        summary["counts"]["edge_validity"] = flow_st.metrics["edge_validity"]
         summary["eval"] = eval_st.metrics["policies"]
         summary["simulator"] = {"reward_flip_rate": fid_st.metrics["calls"]["reward_flip_rate"],
                                 "reward_flip_rate_trajectories": fid_st.metrics["trajectories"]["reward_flip_rate"],
@@ -265,6 +279,21 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
 def _save_json(path: Path, metrics: dict) -> dict:
     write_json_atomic(path, metrics)
     return metrics
+
+
+def _observed_calls(source: str | None) -> tuple[list[dict] | None, str | None]:
+    """The calls of an earlier exploration (``graph.observed_from``) and that folder's store key."""
+    if not source:
+        return None, None
+    folder = Path(source)
+    if (folder / "summary.json").exists():  # a run folder: its summary names its explorer folder
+        folder = Path(json.loads((folder / "summary.json").read_text())["stages"]["explorer"]["folder"])
+    manifest = folder / "manifest.json"
+    if not (folder / "calls.jsonl").exists() or not manifest.exists():
+        raise ConfigError(f"graph.observed_from={source}: not a finished explorer folder (outputs/store/explorer/<key>) "
+                          f"or run folder; use graph.observed_from=null")
+    _, calls = explorer.load_trajectories(folder)
+    return calls, json.loads(manifest.read_text())["key"]
 
 
 def _hydra_output_dir() -> str | None:
@@ -303,6 +332,7 @@ def print_summary(summary: dict) -> None:
     print("\n== firefly_exp run:", summary["run_dir"])
     print(f"servers {c['servers']} | tools {c['tools']} | edges {c['edges']} | DAGs {c['dags']} | "
           f"calls {c['calls']} | verified tasks {c['verified_tasks']} (held out {c['test_tasks']})")
+    print(f"edge validity {c.get('edge_validity', 0):.3f} | verified tasks per explored DAG {c.get('tasks_per_dag', 0):.3f}")
     for name, st in summary["stages"].items():
         if "wall_s" in st:
             print(f"  {name:<12} {'reused' if st['reused'] else 'ran   '} {st['wall_s']:>8.1f}s")

@@ -1,14 +1,25 @@
 """Stage 3, sampler: sub-DAGs of the tool graph for the explorer to execute.
 
-- ``random_walk`` (default): start at a tool with at least ``min_confident_successors`` medium/high
-  successors (FireFly's start rule), then grow by following edges weighted by score; with
-  probability ``branch_prob`` a new node hangs off an earlier node instead of the last one, which
-  yields fan-out and fan-in shapes as well as chains.
+Strategies (``conf/sampler/<strategy>.yaml``):
+
+- ``random_walk``: grow from a start tool by following edges weighted by score²; with probability
+  ``branch_prob`` a new node hangs off an earlier node instead of the last one (fan-out), and an
+  earlier node may also feed the new one (fan-in), so chains, fan-outs and fan-ins all appear.
+- ``weighted``: the same walk, edges weighted by their confidence level (``level_weights``).
+- ``forest_fire``: BFS-style expansion: every burning node lights a geometric number of its
+  successors (``burn_prob``) until the DAG has its size.
+- ``fan_out``: one tool and several of its successors (one output feeds several tools).
+- ``fan_in``: one tool and several of its predecessors (several outputs feed one tool).
+- ``coverage``: the walk, preferring tools and servers the DAGs drawn so far used least.
 - ``uniform``: random tool sets that ignore the graph (the ablation baseline), executed in the
   drawn order without field mappings.
 
-Every DAG records its nodes in execution order, its edges with their field mappings and its shape.
-Writes ``dags.jsonl``.
+``start_rule: firefly`` starts graph-guided DAGs only at tools with at least
+``min_confident_successors`` medium/high successors (FireFly's rule); ``any`` at any tool with a
+successor. Constraints: ``min_size``/``max_size``, ``max_depth``, ``min_servers``/``max_servers``,
+``require_cross_server``. DAGs are deduplicated by content (nodes and edges). Every DAG records its
+nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
+mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes.png``.
 """
 
 from __future__ import annotations
@@ -19,6 +30,9 @@ from pathlib import Path
 import networkx as nx
 
 from .store import JsonlWriter, stable_hash
+
+STRATEGIES = ("random_walk", "weighted", "forest_fire", "fan_out", "fan_in", "coverage", "uniform")
+CONFIDENT = ("high", "medium")
 
 
 def rng_for(seed: int, *coords) -> random.Random:
@@ -44,77 +58,150 @@ def dag_shape(nodes: list[str], edges: list[dict]) -> str:
     return "chain" if edges else "set"
 
 
+def _order_and_depth(nodes: list[str], edges: list[dict]) -> tuple[list[str], int]:
+    """A topological order (Kahn's, ties in insertion order) and the longest path in nodes."""
+    if not edges:
+        return list(nodes), 1
+    indeg = {n: 0 for n in nodes}
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    for e in edges:
+        indeg[e["target"]] += 1
+        succ[e["source"]].append(e["target"])
+    ready = [n for n in nodes if indeg[n] == 0]
+    order, level = [], {n: 1 for n in nodes}
+    while ready:
+        u = ready.pop(0)
+        order.append(u)
+        for v in succ[u]:
+            level[v] = max(level[v], level[u] + 1)
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                ready.append(v)
+    return order, max(level.values())
+
+
 def _make_dag(nodes: list[str], edges: list[dict], seed: int, index: int, sampler: str) -> dict:
-    order = list(nx.topological_sort(_digraph(nodes, edges))) if edges else list(nodes)
+    order, depth = _order_and_depth(nodes, edges)
     body = {"nodes": order, "edges": sorted(edges, key=lambda e: (e["source"], e["target"]))}
-    return {"id": "dag-" + stable_hash(body, 12), **body, "shape": dag_shape(order, edges),
-            "depth": _depth(order, edges), "servers": sorted({n.split("/")[0] for n in order}),
-            "sampler": sampler, "seed": seed, "index": index}
+    return {"id": "dag-" + stable_hash(body, 12), **body, "shape": dag_shape(order, edges), "depth": depth,
+            "servers": sorted({n.split("/")[0] for n in order}), "sampler": sampler, "seed": seed, "index": index}
 
 
-def _digraph(nodes, edges) -> nx.DiGraph:
-    g = nx.DiGraph()
-    g.add_nodes_from(nodes)
-    g.add_edges_from((e["source"], e["target"]) for e in edges)
-    return g
+def _edge(u: str, v: str, d: dict) -> dict:
+    return {"source": u, "target": v, "score": d["score"], "confidence": d["confidence"], "mapping": d["mapping"]}
 
 
-def _depth(nodes, edges) -> int:
-    return nx.dag_longest_path_length(_digraph(nodes, edges)) + 1 if edges else 1
+class _Walker:
+    """Adjacency of the tool graph as plain lists (fast to sample from) and per-draw constraints."""
 
+    def __init__(self, graph: nx.DiGraph, allowed: set[str], max_depth: int, max_servers: int,
+                 level_weights: dict | None):
+        self.succ = {u: [(v, d) for v, d in graph[u].items() if v in allowed] for u in allowed}
+        self.pred = {u: [(v, graph[v][u]) for v in graph.predecessors(u) if v in allowed] for u in allowed}
+        self.max_depth, self.max_servers = max_depth, max_servers
+        self.level_weights = level_weights or {"high": 1.0, "medium": 0.5, "low": 0.15}
+        self.usage: dict[str, int] = {}
+        self.server_usage: dict[str, int] = {}
 
-def _walk(graph: nx.DiGraph, starts: list[str], rng: random.Random, size: int, max_depth: int,
-          branch_prob: float, max_servers: int) -> tuple[list[str], list[dict]]:
-    nodes = [rng.choice(starts)]
-    edges: list[dict] = []
-    depth = {nodes[0]: 1}
-    tries = 0
-    while len(nodes) < size and tries < 8 * size:
-        tries += 1
-        anchor = nodes[-1] if rng.random() >= branch_prob else rng.choice(nodes)
-        if depth[anchor] >= max_depth:
-            continue
+    def weight(self, strategy: str, v: str, d: dict) -> float:
+        if strategy == "weighted":
+            return float(self.level_weights.get(d["confidence"], 0.05))
+        w = d["score"] ** 2
+        if strategy == "coverage":
+            w /= (1 + self.usage.get(v, 0)) * (1 + 0.2 * self.server_usage.get(v.split("/")[0], 0))
+        return w
+
+    def _fits(self, v: str, nodes: list[str]) -> bool:
         servers = {n.split("/")[0] for n in nodes}
-        options = [(v, d) for v, d in graph[anchor].items()
-                   if v not in nodes and (v.split("/")[0] in servers or len(servers) < max_servers)]
-        if not options:
-            continue
-        weights = [d["score"] ** 2 for _, d in options]
-        target, data = rng.choices(options, weights=weights)[0]
-        nodes.append(target)
-        depth[target] = depth[anchor] + 1
-        edges.append({"source": anchor, "target": target, "score": data["score"],
-                      "confidence": data["confidence"], "mapping": data["mapping"]})
-        # fan-in: another node already in the DAG may also feed the new one
-        for other in nodes[:-1]:
-            if other != anchor and graph.has_edge(other, target) and depth[other] < max_depth \
-                    and rng.random() < branch_prob / 2:
-                depth[target] = max(depth[target], depth[other] + 1)
-                d = graph[other][target]
-                edges.append({"source": other, "target": target, "score": d["score"],
-                              "confidence": d["confidence"], "mapping": d["mapping"]})
+        return v not in nodes and (v.split("/")[0] in servers or len(servers) < self.max_servers)
+
+    def walk(self, strategy: str, start: str, rng: random.Random, size: int, branch_prob: float):
+        nodes, edges, depth = [start], [], {start: 1}
+        tries = 0
+        while len(nodes) < size and tries < 8 * size:
+            tries += 1
+            anchor = nodes[-1] if rng.random() >= branch_prob else rng.choice(nodes)
+            if depth[anchor] >= self.max_depth:
+                continue
+            options = [(v, d) for v, d in self.succ[anchor] if self._fits(v, nodes)]
+            if not options:
+                continue
+            target, data = rng.choices(options, weights=[self.weight(strategy, v, d) for v, d in options])[0]
+            nodes.append(target)
+            depth[target] = depth[anchor] + 1
+            edges.append(_edge(anchor, target, data))
+            # fan-in: another node already in the DAG may also feed the new one
+            for other in nodes[:-1]:
+                if other != anchor and depth[other] < self.max_depth and rng.random() < branch_prob / 2:
+                    d = next((d for v, d in self.succ[other] if v == target), None)
+                    if d is not None:
+                        depth[target] = max(depth[target], depth[other] + 1)
+                        edges.append(_edge(other, target, d))
+                        break
+        return nodes, edges
+
+    def forest_fire(self, start: str, rng: random.Random, size: int, burn_prob: float):
+        nodes, edges, depth, frontier = [start], [], {start: 1}, [start]
+        while frontier and len(nodes) < size:
+            u = frontier.pop(0)
+            if depth[u] >= self.max_depth:
+                continue
+            options = [(v, d) for v, d in self.succ[u] if self._fits(v, nodes)]
+            rng.shuffle(options)
+            burn = 1
+            while rng.random() < burn_prob:
+                burn += 1
+            for v, d in options[:burn]:
+                if len(nodes) >= size or not self._fits(v, nodes):
+                    break
+                nodes.append(v)
+                depth[v] = depth[u] + 1
+                edges.append(_edge(u, v, d))
+                frontier.append(v)
+        return nodes, edges
+
+    def fan(self, direction: str, hub: str, rng: random.Random, size: int):
+        nodes, edges = [hub], []
+        options = list(self.succ[hub] if direction == "out" else self.pred[hub])
+        rng.shuffle(options)
+        options.sort(key=lambda o: -o[1]["score"] * rng.random())
+        for v, d in options:
+            if len(nodes) >= size:
                 break
-    return nodes, edges
+            if self._fits(v, nodes):
+                nodes.append(v)
+                edges.append(_edge(hub, v, d) if direction == "out" else _edge(v, hub, d))
+        return nodes, edges
 
 
 def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = "random_walk",
                    n_dags: int = 200, min_size: int = 2, max_size: int = 4, max_depth: int = 4,
-                   max_servers: int = 3, branch_prob: float = 0.3, min_confident_successors: int = 2,
-                   max_attempts_factor: int = 30, servers: list[str] | None = None) -> dict:
-    """Draw ``n_dags`` distinct sub-DAGs; writes dags.jsonl and returns the stage metrics."""
+                   max_servers: int = 3, min_servers: int = 1, require_cross_server: bool = False,
+                   branch_prob: float = 0.3, burn_prob: float = 0.5, start_rule: str = "firefly",
+                   min_confident_successors: int = 2, level_weights: dict | None = None,
+                   max_attempts_factor: int = 30, servers: list[str] | None = None, plot: bool = True) -> dict:
+    """Draw ``n_dags`` distinct sub-DAGs; writes dags.jsonl (and shapes.png) and returns the stage metrics."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown sampler strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
+    if start_rule not in ("firefly", "any"):
+        raise ValueError(f"unknown sampler.start_rule '{start_rule}': use firefly or any")
     nodes_all = sorted(graph.nodes)
     if servers:
         nodes_all = [n for n in nodes_all if n.split("/")[0] in set(servers)]
-    if strategy == "random_walk":
-        confident = {u: sum(1 for _, _, d in graph.out_edges(u, data=True) if d["confidence"] in ("high", "medium"))
-                     for u in nodes_all}
-        starts = [u for u in nodes_all if confident[u] >= min_confident_successors]
-        if not starts:
-            starts = [u for u in nodes_all if graph.out_degree(u) > 0]
+    walker = _Walker(graph, set(nodes_all), max_depth, max_servers, level_weights) if strategy != "uniform" else None
+    starts: list[str] = []
+    if walker is not None:
+        if strategy == "fan_in":
+            starts = [u for u in nodes_all if len(walker.pred[u]) >= 2]
+        else:
+            confident = {u: sum(1 for _, d in walker.succ[u] if d["confidence"] in CONFIDENT) for u in nodes_all}
+            if start_rule == "firefly":
+                starts = [u for u in nodes_all if confident[u] >= min_confident_successors]
+            if not starts:
+                need = 2 if strategy == "fan_out" else 1
+                starts = [u for u in nodes_all if len(walker.succ[u]) >= need]
         if not starts:
             raise ValueError("the tool graph has no edges to walk: lower graph.thresholds.low or use sampler=uniform")
-    elif strategy != "uniform":
-        raise ValueError(f"unknown sampler strategy '{strategy}': use random_walk or uniform")
     dags: list[dict] = []
     seen: set[str] = set()
     attempt = 0
@@ -122,26 +209,73 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
         rng = rng_for(seed, "sampler", strategy, attempt)
         attempt += 1
         size = rng.randint(min_size, max_size)
-        if strategy == "random_walk":
-            nodes, edges = _walk(graph, starts, rng, size, max_depth, branch_prob, max_servers)
-            if len(nodes) < min_size:
-                continue
-        else:
+        if walker is None:
             nodes, edges = rng.sample(nodes_all, min(size, len(nodes_all))), []
+        else:
+            if strategy == "coverage":  # start where the DAGs so far went least
+                pool = rng.sample(starts, min(8, len(starts)))
+                start = min(pool, key=lambda u: (walker.usage.get(u, 0), walker.server_usage.get(u.split("/")[0], 0)))
+            else:
+                start = rng.choice(starts)
+            if strategy in ("random_walk", "weighted", "coverage"):
+                nodes, edges = walker.walk(strategy, start, rng, size, branch_prob)
+            elif strategy == "forest_fire":
+                nodes, edges = walker.forest_fire(start, rng, size, burn_prob)
+            else:
+                nodes, edges = walker.fan("out" if strategy == "fan_out" else "in", start, rng, size)
+        n_servers = len({n.split("/")[0] for n in nodes})
+        if len(nodes) < min_size or n_servers < min_servers or (require_cross_server and n_servers < 2):
+            continue
         dag = _make_dag(nodes, edges, seed, len(dags), strategy)
         if dag["id"] in seen:
             continue
         seen.add(dag["id"])
         dags.append(dag)
+        if walker is not None:
+            for u in nodes:
+                walker.usage[u] = walker.usage.get(u, 0) + 1
+                walker.server_usage[u.split("/")[0]] = walker.server_usage.get(u.split("/")[0], 0) + 1
     with JsonlWriter(Path(out_dir) / "dags.jsonl") as out:
         for dag in dags:
             out.write(dag)
+    metrics = dag_metrics(dags, nodes_all)
+    metrics["attempts"] = attempt
+    if plot:
+        plot_shapes(metrics, Path(out_dir) / "shapes.png", strategy)
+    return metrics
+
+
+def dag_metrics(dags: list[dict], nodes_all: list[str]) -> dict:
+    """Coverage of tools and servers, shapes, cross-server fraction, distinct tool sets."""
     shapes: dict[str, int] = {}
     for d in dags:
         shapes[d["shape"]] = shapes.get(d["shape"], 0) + 1
     used = {n for d in dags for n in d["nodes"]}
-    return {"dags": len(dags), "attempts": attempt, "tools_covered": len(used),
-            "tool_coverage": round(len(used) / max(len(nodes_all), 1), 4),
-            "cross_server_fraction": round(sum(len(d["servers"]) > 1 for d in dags) / max(len(dags), 1), 4),
-            "mean_size": round(sum(len(d["nodes"]) for d in dags) / max(len(dags), 1), 3),
-            **{f"shape_{k}": v for k, v in sorted(shapes.items())}}
+    servers_all = {n.split("/")[0] for n in nodes_all}
+    servers_used = {s for d in dags for s in d["servers"]}
+    k = max(len(dags), 1)
+    return {"dags": len(dags), "tools_covered": len(used), "tool_coverage": round(len(used) / max(len(nodes_all), 1), 4),
+            "servers_covered": len(servers_used), "server_coverage": round(len(servers_used) / max(len(servers_all), 1), 4),
+            "cross_server_fraction": round(sum(len(d["servers"]) > 1 for d in dags) / k, 4),
+            "distinct_tool_sets": len({tuple(sorted(d["nodes"])) for d in dags}),
+            "mean_size": round(sum(len(d["nodes"]) for d in dags) / k, 3),
+            "mean_depth": round(sum(d["depth"] for d in dags) / k, 3),
+            "mean_edges": round(sum(len(d["edges"]) for d in dags) / k, 3),
+            **{f"shape_{s}": v for s, v in sorted(shapes.items())}}
+
+
+def plot_shapes(metrics: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = ["chain", "fan_out", "fan_in", "mixed", "set", "single"]
+    counts = [metrics.get(f"shape_{s}", 0) for s in shapes]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(shapes, counts, color="#4c72b0")
+    ax.set_ylabel("DAGs")
+    ax.set_title(f"DAG shapes ({title}, {metrics['dags']} DAGs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -35,17 +35,54 @@ def describe_tool(row: dict, side: str) -> str:
                            json.loads(schema) if schema else "free text"})[:4000]
 
 
-def judge_edges(edges: list[dict], tools: dict[str, dict], lm) -> list[dict | None]:
-    """One verdict per candidate edge ({confidence, mapping}); None where the LM's answer was unusable."""
+def _cache_key(lm, source: str, target: str) -> str:
+    import hashlib
+
+    model = getattr(lm, "model", type(lm).__name__)
+    return hashlib.sha256(json.dumps([JudgeToolEdge.__doc__, str(model), source, target]).encode()).hexdigest()[:32]
+
+
+def judge_edges(edges: list[dict], tools: dict[str, dict], lm, cache_dir=None, num_threads: int = 1) -> list[dict | None]:
+    """One verdict per candidate edge ({confidence, mapping}); None where the LM's answer was unusable.
+
+    Verdicts are cached by content hash (instruction, model, both tool descriptions) under
+    ``cache_dir/edge_judge/``; the uncached pairs go to the LM in one batch of ``num_threads`` threads."""
+    from pathlib import Path
+
     program = EdgeJudge()
-    verdicts: list[dict | None] = []
+    store = Path(cache_dir) / "edge_judge" if cache_dir else None
+    inputs = [(describe_tool(tools[e["source"]], "out"), describe_tool(tools[e["target"]], "in")) for e in edges]
+    keys = [_cache_key(lm, s, t) for s, t in inputs]
+    verdicts: list[dict | None] = [None] * len(edges)
+    todo = []
+    for i, k in enumerate(keys):
+        if store is not None and (store / f"{k}.json").exists():
+            verdicts[i] = json.loads((store / f"{k}.json").read_text())
+        else:
+            todo.append(i)
+
+    def verdict(pred) -> dict | None:
+        if pred is None:
+            return None
+        return {"confidence": pred.confidence, "mapping": dict(pred.mapping or {})}
+
     with dspy.context(lm=lm):
-        for e in edges:
-            try:
-                pred = program(source_tool=describe_tool(tools[e["source"]], "out"),
-                               target_tool=describe_tool(tools[e["target"]], "in"))
-                verdicts.append({"confidence": pred.confidence, "mapping": dict(pred.mapping or {})})
-            except Exception as exc:  # noqa: BLE001 - a bad LM answer keeps the cheap verdict
-                print(f"[graph] LM judge failed on {e['source']} -> {e['target']}: {exc}")
-                verdicts.append(None)
+        if num_threads > 1 and len(todo) > 1:
+            examples = [dspy.Example(source_tool=inputs[i][0], target_tool=inputs[i][1]).with_inputs(
+                "source_tool", "target_tool") for i in todo]
+            preds = program.batch(examples, num_threads=num_threads, max_errors=len(examples) + 1)
+            results = [verdict(p) for p in preds]
+        else:
+            results = []
+            for i in todo:
+                try:
+                    results.append(verdict(program(source_tool=inputs[i][0], target_tool=inputs[i][1])))
+                except Exception as exc:  # noqa: BLE001 - a bad LM answer keeps the cheap verdict
+                    print(f"[graph] LM judge failed on {edges[i]['source']} -> {edges[i]['target']}: {exc}")
+                    results.append(None)
+    for i, v in zip(todo, results):
+        verdicts[i] = v
+        if v is not None and store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            (store / f"{keys[i]}.json").write_text(json.dumps(v))
     return verdicts
