@@ -36,6 +36,15 @@ STEP_FORMS = ["Step {n}: call {tool} ({desc}){args}.", "Step {n}: use {tool} to 
 ASK_FORMS = ["Answer with a JSON object with the fields: {fields}.",
              "Report the result as JSON with these fields: {fields}.",
              "Return a JSON object containing {fields}."]
+# more wording per DAG shape (one call / a chain of calls) and per answer type (all fields of one type)
+SHAPE_INTROS = {"single": ["Look this up with the tools available.", "One tool call answers this."],
+                "chain": ["Each step below uses what the earlier ones returned; do them in order.",
+                          "This takes several tool calls in sequence."]}
+TYPE_ASKS = {"number": ["Give the numbers as a JSON object with {fields}.",
+                        "Reply with JSON holding these numeric values: {fields}."],
+             "boolean": ["Say, as a JSON object of true/false values, {fields}."],
+             "string": ["Quote the values exactly, as a JSON object with {fields}.",
+                        "Reply with a JSON object whose text fields are {fields}."]}
 
 
 def _json_type(value: Any) -> str:
@@ -91,7 +100,7 @@ def _leaks(value: Any, question: str) -> bool:
 
 
 def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
-    lines = [rng.choice(INTROS)]
+    lines = [rng.choice(INTROS + SHAPE_INTROS["single" if len(gold) == 1 else "chain"])]
     for i, call in enumerate(gold):
         row = tools[f"{call['server']}/{call['tool']}"]
         desc = _describe(row["description"])
@@ -99,7 +108,9 @@ def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
             n=i + 1, tool=call["tool"], desc=desc, desc_lc=desc[:1].lower() + desc[1:],
             args=_arg_text(call, {})))
     field_text = "; ".join(f"{name} ({spec['type']}): {spec['description']}" for name, spec in fields.items())
-    lines.append(rng.choice(ASK_FORMS).format(fields=field_text))
+    types = {"number" if spec["type"] in ("integer", "number") else spec["type"] for spec in fields.values()}
+    asks = ASK_FORMS + (TYPE_ASKS.get(types.pop(), []) if len(types) == 1 else [])
+    lines.append(rng.choice(asks).format(fields=field_text))
     return " ".join(lines)
 
 

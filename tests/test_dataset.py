@@ -166,3 +166,21 @@ def test_judge_program_scores_and_filters(tasks):
     kept, rate = synthesizer.judge_filter(tasks, judge, 3, rejected)
     assert [t["id"] for t in kept] == ["task-0", "task-2"] and rate == 0.5 and rejected["judge"] == 2
     assert tasks[1]["judge"]["no_leakage"] == 1 and set(tasks[0]["judge"]) == set(CRITERIA)
+
+
+def test_template_wording_varies_by_shape_and_answer_type():
+    import random
+
+    tools = {"kv/get": {"description": "Get a value by key."}, "calc/add": {"description": "Add numbers."}}
+    one = [{"server": "calc", "tool": "add", "arguments": {"a": 1}}]
+    two = [{"server": "kv", "tool": "get", "arguments": {"key": "k"}},
+           {"server": "calc", "tool": "add", "arguments": {"a": 1}, "arg_sources": {"a": "edge:0:value"}}]
+    num = {"sum": {"type": "integer", "description": "the sum"}}
+    text = {"value": {"type": "string", "description": "the value"}}
+    qs = {(len(g), f): {synthesizer.template_question(g, tools, fs, random.Random(i)) for i in range(60)}
+          for g in (one, two) for f, fs in (("num", num), ("text", text))}
+    assert all(len(v) >= 8 for v in qs.values())
+    assert any("One tool call answers this." in q for q in qs[(1, "num")])
+    assert not any("One tool call answers this." in q for q in qs[(2, "num")])
+    assert any("numeric values" in q for q in qs[(1, "num")]) and not any("numeric" in q for q in qs[(1, "text")])
+    assert any("value obtained in step 1" in q for q in qs[(2, "text")])
