@@ -212,10 +212,13 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                 rejected[reason] += 1
                 continue
             dedup = stable_hash([normalise(task["question"]), {k: normalise(v) for k, v in answer.items()}])
-            if dedup in seen:
+            # the same gold chain with the same answer is the same task, however it is worded (and
+            # would leak across a split by DAG when two DAGs recorded it)
+            same_task = stable_hash([task["gold_calls"], {k: normalise(v) for k, v in answer.items()}])
+            if dedup in seen or same_task in seen:
                 rejected["duplicate"] += 1
                 continue
-            seen.add(dedup)
+            seen.update((dedup, same_task))
             tasks.append(task)
     extra: dict = {}
     if judge is not None:
