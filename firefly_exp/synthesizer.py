@@ -273,7 +273,8 @@ def assign_splits(tasks: list[dict], strategy: str, test_fraction: float, seed: 
     - ``held_out_tools``: by tool combination (the set of tools of the gold chain): a combination is
       either all train or all test;
     - ``held_out_servers``: ``round(test_fraction * servers)`` servers (at least one) are held out;
-      a task using any of them is test, so the test set needs servers never seen in training.
+      a task using any of them is test, so the test set needs servers never seen in training (one
+      server is always left to train on: with a single server, every task is train).
 
     >>> ts = [{"dag_id": "d1", "gold_calls": [{"server": "a", "tool": "x"}]},
     ...       {"dag_id": "d2", "gold_calls": [{"server": "b", "tool": "y"}]}]
@@ -292,7 +293,7 @@ def assign_splits(tasks: list[dict], strategy: str, test_fraction: float, seed: 
         rng = rng_for(seed, "split-servers")
         held = set(rng.sample(servers, min(len(servers), max(1, round(test_fraction * len(servers)))))) \
             if servers else set()
-        if len(held) == len(servers) and len(servers) > 1:   # keep something to train on
+        if held and len(held) == len(servers):   # keep a server to train on
             held.discard(sorted(held)[0])
         for t in tasks:
             t["split"] = "test" if {c["server"] for c in t["gold_calls"]} & held else "train"

@@ -184,3 +184,43 @@ def test_template_wording_varies_by_shape_and_answer_type():
     assert not any("One tool call answers this." in q for q in qs[(2, "num")])
     assert any("numeric values" in q for q in qs[(1, "num")]) and not any("numeric" in q for q in qs[(1, "text")])
     assert any("value obtained in step 1" in q for q in qs[(2, "text")])
+
+
+def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
+    """The synthesizer end to end on recorded calls in memory: metrics carry the judge keep rate,
+    the volatile-field rate and the split strategy; the exported set replays."""
+    import polars as pl
+
+    from firefly_exp.simulator import SEED_STATE, Simulator
+
+    schema = json.dumps({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]})
+    rows = [{"tool": f"{s}/get", "server": s, "read_only": True, "input_schema": schema, "volatile": False,
+             "description": "Get the record stored under a key."} for s in ("kv", "db")]
+    calls, trajectories = [], []
+    for i in range(8):
+        server = "kv" if i % 2 else "db"
+        value = {"colour": f"colour-number-{i}", "count": 100 + i}
+        calls.append({"episode": f"ep{i}", "seq": 0, "server": server, "tool": "get", "arguments": {"key": f"k{i}"},
+                      "fingerprint": SEED_STATE, "content": [{"type": "text", "text": json.dumps(value)}],
+                      "structured": None, "is_error": False, "error_kind": None, "arg_sources": {}})
+        trajectories.append({"episode": f"ep{i}", "dag_id": f"dag-{i}", "status": "complete", "steps": [{"seq": 0}]})
+    sim = Simulator.from_calls(calls, pl.DataFrame(rows))
+    verdicts = iter([{"clarity": 5}, {"clarity": 5}, {"clarity": 1}, {"clarity": 1}] * 4)
+
+    def live_check(ts):   # "count" changes on re-execution in every other task
+        return {t["id"]: ["count"] for t in ts[::2] if "count" in t["answer"]}
+
+    metrics = synthesizer.synthesize_tasks(
+        trajectories, calls, {}, {r["tool"]: r for r in rows}, sim, tmp_path, seed=0, tasks_per_trajectory=1,
+        max_fields=2, split="held_out_servers", determinism="exclude", judge=lambda t: next(verdicts),
+        live_check=live_check)
+    assert metrics["judge_keep_rate"] == 0.5 and metrics["rejected.judge"] == 4
+    assert 0 < metrics["volatile_field_rate"] <= 0.5 and metrics["split_strategy"] == "held_out_servers"
+    tasks = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert len(tasks) == metrics["tasks"] == 4
+    assert any(t.get("volatile_fields") == ["count"] and "count" not in t["answer"] for t in tasks)
+    assert {t["split"] for t in tasks} == {"train", "test"}
+    assert all(synthesizer.verify_task(t, sim) is None for t in tasks)
+    with pytest.raises(ValueError, match="determinism needs"):
+        synthesizer.synthesize_tasks(trajectories, calls, {}, {r["tool"]: r for r in rows}, sim, tmp_path, 0,
+                                     determinism="drop")
