@@ -12,8 +12,11 @@ question may come from an LM:
 
 Verification keeps a task only if (1) every answer value is found at its provenance (call, path)
 in a recorded output, (2) its gold chain replays in the simulator to identical outputs and the
-answer read from the replay equals the label, (3) it is not a duplicate. A seeded rule splits by
-DAG, so tasks from one trajectory never straddle train and test. Writes ``tasks.jsonl``.
+answer read from the replay equals the label, (3) it is not a duplicate (same wording and answer,
+or same gold chain and answer). Then, by config: the LM judge (with an LM), live re-execution for
+volatile fields (``determinism``), near-duplicate removal (embedding cosine of the questions), and
+the split (``random`` by DAG, ``held_out_tools``, ``held_out_servers``). Writes ``tasks.jsonl``;
+``dataset.py`` exports them.
 """
 
 from __future__ import annotations
