@@ -1,7 +1,8 @@
 """The orchestrator: the only module that knows Hydra and MLflow.
 
     catalog --servers--> tools --graph--> tool graph --sampler--> DAGs --explorer--> trajectories
-    trajectories --simulator--> replay cache --synthesizer--> verified tasks --eval--> scores
+    trajectories --simulator--> replay cache --synthesizer--> verified tasks --dataset--> parquet/JSONL + card
+    verified tasks --eval--> scores
 
 Each stage is a plain function from inputs and parameters to an artifact folder in the
 content-addressed store; this module builds it from its config group, reuses a finished folder
@@ -21,8 +22,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, evaluate, explorer, graph, observed, sampler, servers, simulator, synthesizer
-from .simulator import fidelity, retrieval
+from . import __version__, dataset, evaluate, explorer, graph, observed, sampler, servers, simulator, synthesizer
+from . import embeddings
+from .simulator import fidelity, live, retrieval
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
 
@@ -47,7 +49,7 @@ class Stages:
         self.store, self.resume, self.summary = store, resume, summary
 
     def run(self, name: str, params: Any, inputs: dict[str, StageResult], fn: Callable[[Path], dict],
-            code: tuple, artifacts: tuple[str, ...] = ()) -> StageResult:
+            code: tuple, artifacts: tuple[str, ...] = (), log: Callable[[Path], None] | None = None) -> StageResult:
         import mlflow
 
         from . import tracking
@@ -75,6 +77,8 @@ class Stages:
             tracking.log_params(params if isinstance(params, dict) else {"params": params})
             tracking.log_metrics({**metrics, "wall_s": wall, "reused": float(reused)})
             tracking.log_artifacts(folder, list(artifacts) + ["manifest.json"], name)
+            if log is not None:  # stage-specific logging inside the nested run (e.g. mlflow.data inputs)
+                log(folder)
         result = StageResult(name, key, folder, metrics, reused, wall)
         self.summary["stages"][name] = {"key": key, "folder": str(folder), "reused": reused, "wall_s": wall,
                                         "metrics": metrics}
@@ -213,13 +217,26 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             from programs.synthesizer import TaskWriter
 
             writer = TaskWriter(lm)
+        judge = None
+        if lm is not None and y.get("judge", True):
+            from programs.judge import TaskJudge
+
+            judge = TaskJudge(lm, tool_rows)
+        live_check = None
+        if y.get("determinism", "off") != "off":
+            from .simulator.live import changed_fields
+
+            def live_check(ts: list[dict]) -> dict:
+                return changed_fields(ts, specs, install_dir, sandbox_root / "determinism", sc["call_timeout_s"],
+                                      sc["startup_timeout_s"], int(conf["explorer"].get("concurrency", 4)))
         tasks_st = stages.run(
-            "synthesizer", {**y, "seed": seed, "lm": summary["lm"] if y["kind"] == "dspy" else None},
+            "synthesizer", {**y, "seed": seed, "lm": summary["lm"] if y["kind"] == "dspy" or judge else None},
             {"explorer": explore_st, "simulator": sim_st},
             with_lm_usage(lambda out: synthesizer.synthesize_tasks(
                 trajectories, calls, {d["id"]: d for d in dags}, tool_rows, sim, out, seed,
-                **{k: v for k, v in y.items() if k != "kind"}, kind=y["kind"], writer=writer), lm),
-            (synthesizer,), ("tasks.jsonl",))
+                **{k: v for k, v in y.items() if k not in ("kind", "judge")}, kind=y["kind"], writer=writer,
+                judge=judge, live_check=live_check), lm),
+            (synthesizer, live, embeddings), ("tasks.jsonl",))
         tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
 
         f = m["fidelity"]
@@ -238,6 +255,15 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             lambda out: _save_json(out / "fidelity.json", fidelity.measure_fidelity(
                 calls, tasks, tools, seed, f["holdout_fraction"], **fid_kwargs)),
             (fidelity,), ("fidelity.json",))
+
+        data_st = stages.run(
+            "dataset", {"name": conf["name"], "seed": seed}, {"synthesizer": tasks_st, "servers": tools_st},
+            lambda out: dataset.export_dataset(tasks, tool_rows, out, len(trajectories), tasks_st.metrics,
+                                               conf["name"], seed),
+            (dataset,), ("README.md", "stats.json", "train.parquet", "test.parquet", "train.jsonl", "test.jsonl"),
+            log=dataset.log_to_mlflow)
+        summary["tasks"] = data_st.metrics
+        summary["dataset"] = str(data_st.folder)
 
         if (conf.get("train") or {}).get("enabled"):
             raise ConfigError("train.enabled=true: GRPO training is not implemented yet; use train=none")
@@ -268,6 +294,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                                 "reward_flip_rate_trajectories": fid_st.metrics["trajectories"]["reward_flip_rate"],
                                 "hits": eval_st.metrics["simulator_hits"], "fidelity": fid_st.metrics}
         tracking.log_metrics({**{f"count.{k}": v for k, v in summary["counts"].items()},
+                              **{f"tasks.{k}": v for k, v in summary["tasks"].items()},
                               **{f"eval.{p}.{m}": x for p, ms in summary["eval"].items() for m, x in ms.items()},
                               "wall_s": summary["wall_s"]})
         write_json_atomic(run_dir / "summary.json", summary)
@@ -333,6 +360,12 @@ def print_summary(summary: dict) -> None:
     print(f"servers {c['servers']} | tools {c['tools']} | edges {c['edges']} | DAGs {c['dags']} | "
           f"calls {c['calls']} | verified tasks {c['verified_tasks']} (held out {c['test_tasks']})")
     print(f"edge validity {c.get('edge_validity', 0):.3f} | verified tasks per explored DAG {c.get('tasks_per_dag', 0):.3f}")
+    t = summary.get("tasks") or {}
+    if t:
+        print(f"  tasks: {t['verified']} verified ({t['splits']}, split {t['split_strategy']}), "
+              f"calls/task {t['calls_per_task_mean']} {t['calls_per_task_hist']}, fields/task "
+              f"{t['answer_fields_mean']}, multi-server {t['multi_server_fraction']:.1%}, yield/DAG "
+              f"{t['yield_per_dag']}; dataset: {summary['dataset']}")
     for name, st in summary["stages"].items():
         if "wall_s" in st:
             print(f"  {name:<12} {'reused' if st['reused'] else 'ran   '} {st['wall_s']:>8.1f}s")

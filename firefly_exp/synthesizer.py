@@ -12,8 +12,11 @@ question may come from an LM:
 
 Verification keeps a task only if (1) every answer value is found at its provenance (call, path)
 in a recorded output, (2) its gold chain replays in the simulator to identical outputs and the
-answer read from the replay equals the label, (3) it is not a duplicate. A seeded rule splits by
-DAG, so tasks from one trajectory never straddle train and test. Writes ``tasks.jsonl``.
+answer read from the replay equals the label, (3) it is not a duplicate (same wording and answer,
+or same gold chain and answer). Then, by config: the LM judge (with an LM), live re-execution for
+volatile fields (``determinism``), near-duplicate removal (embedding cosine of the questions), and
+the split (``random`` by DAG, ``held_out_tools``, ``held_out_servers``). Writes ``tasks.jsonl``;
+``dataset.py`` exports them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ STEP_FORMS = ["Step {n}: call {tool} ({desc}){args}.", "Step {n}: use {tool} to 
 ASK_FORMS = ["Answer with a JSON object with the fields: {fields}.",
              "Report the result as JSON with these fields: {fields}.",
              "Return a JSON object containing {fields}."]
+# more wording per DAG shape (one call / a chain of calls) and per answer type (all fields of one type)
+SHAPE_INTROS = {"single": ["Look this up with the tools available.", "One tool call answers this."],
+                "chain": ["Each step below uses what the earlier ones returned; do them in order.",
+                          "This takes several tool calls in sequence."]}
+TYPE_ASKS = {"number": ["Give the numbers as a JSON object with {fields}.",
+                        "Reply with JSON holding these numeric values: {fields}."],
+             "boolean": ["Say, as a JSON object of true/false values, {fields}."],
+             "string": ["Quote the values exactly, as a JSON object with {fields}.",
+                        "Reply with a JSON object whose text fields are {fields}."]}
 
 
 def _json_type(value: Any) -> str:
@@ -91,7 +103,7 @@ def _leaks(value: Any, question: str) -> bool:
 
 
 def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
-    lines = [rng.choice(INTROS)]
+    lines = [rng.choice(INTROS + SHAPE_INTROS["single" if len(gold) == 1 else "chain"])]
     for i, call in enumerate(gold):
         row = tools[f"{call['server']}/{call['tool']}"]
         desc = _describe(row["description"])
@@ -99,15 +111,31 @@ def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
             n=i + 1, tool=call["tool"], desc=desc, desc_lc=desc[:1].lower() + desc[1:],
             args=_arg_text(call, {})))
     field_text = "; ".join(f"{name} ({spec['type']}): {spec['description']}" for name, spec in fields.items())
-    lines.append(rng.choice(ASK_FORMS).format(fields=field_text))
+    types = {"number" if spec["type"] in ("integer", "number") else spec["type"] for spec in fields.values()}
+    asks = ASK_FORMS + (TYPE_ASKS.get(types.pop(), []) if len(types) == 1 else [])
+    lines.append(rng.choice(asks).format(fields=field_text))
     return " ".join(lines)
 
 
 def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str, dict], tools: dict,
                      simulator: Simulator, out_dir: Path, seed: int, kind: str = "template",
                      tasks_per_trajectory: int = 2, max_fields: int = 3, max_value_len: int = 80,
-                     include_partial: bool = True, test_fraction: float = 0.3, writer=None) -> dict:
-    """Write verified tasks to tasks.jsonl; returns the stage metrics."""
+                     include_partial: bool = True, test_fraction: float = 0.3, split: str = "random",
+                     near_duplicate_threshold: float | None = None, determinism: str = "off",
+                     judge_min_score: int = 3, writer=None, judge=None, live_check=None) -> dict:
+    """Write verified tasks to tasks.jsonl; returns the stage metrics.
+
+    After verification: the LM ``judge`` (when given) keeps the tasks scoring at least
+    ``judge_min_score`` on every criterion; ``determinism`` (``off|exclude|drop``) re-executes the
+    gold chains live through ``live_check`` and excludes the volatile fields or drops their tasks;
+    near-duplicate questions (cosine >= ``near_duplicate_threshold``) are removed; then ``split``
+    (``random`` by DAG, ``held_out_tools``, ``held_out_servers``) assigns train/test."""
+    if split not in SPLITS:
+        raise ValueError(f"synthesizer.split={split!r}: choose from {', '.join(SPLITS)}")
+    if determinism not in ("off", "exclude", "drop"):
+        raise ValueError(f"synthesizer.determinism={determinism!r}: choose from off, exclude, drop")
+    if determinism != "off" and live_check is None:
+        raise ValueError("synthesizer.determinism needs the live servers (live_check)")
     if kind == "dspy" and writer is None:
         raise ValueError("synthesizer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use synthesizer=template")
     by_seq = {(c["episode"], c["seq"]): c for c in calls}
@@ -187,17 +215,28 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                 rejected[reason] += 1
                 continue
             dedup = stable_hash([normalise(task["question"]), {k: normalise(v) for k, v in answer.items()}])
-            if dedup in seen:
+            # the same gold chain with the same answer is the same task, however it is worded (and
+            # would leak across a split by DAG when two DAGs recorded it)
+            same_task = stable_hash([task["gold_calls"], {k: normalise(v) for k, v in answer.items()}])
+            if dedup in seen or same_task in seen:
                 rejected["duplicate"] += 1
                 continue
-            seen.add(dedup)
-            task["split"] = "test" if rng_for(seed, "split", traj["dag_id"]).random() < test_fraction else "train"
+            seen.update((dedup, same_task))
             tasks.append(task)
+    extra: dict = {}
+    if judge is not None:
+        tasks, extra["judge_keep_rate"] = judge_filter(tasks, judge, judge_min_score, rejected)
+    if determinism != "off":
+        tasks, extra["volatile_field_rate"] = apply_determinism(tasks, live_check, determinism, rejected)
+    if near_duplicate_threshold:
+        tasks = remove_near_duplicates(tasks, near_duplicate_threshold, rejected)
+    assign_splits(tasks, split, test_fraction, seed)
     with JsonlWriter(Path(out_dir) / "tasks.jsonl") as out:
         for t in tasks:
             out.write(t)
     explored = sum(1 for t in trajectories)
-    return {"tasks": len(tasks), "train": sum(t["split"] == "train" for t in tasks),
+    return {"tasks": len(tasks), "train": sum(t["split"] == "train" for t in tasks), "split_strategy": split,
+            **extra,
             "test": sum(t["split"] == "test" for t in tasks),
             "yield_per_dag": round(len(tasks) / max(explored, 1), 4),
             "calls_per_task": round(sum(len(t["gold_calls"]) for t in tasks) / max(len(tasks), 1), 3),
@@ -225,3 +264,98 @@ def verify_task(task: dict, simulator: Simulator) -> str | None:
         if not answers_match(task["answer"][name], get_path(value_of(replayed[prov["step"]]), prov["path"], None)):
             return "replay_answer_mismatch"
     return None
+
+
+SPLITS = ("random", "held_out_tools", "held_out_servers")
+
+
+def assign_splits(tasks: list[dict], strategy: str, test_fraction: float, seed: int) -> None:
+    """Set each task's ``split`` in place.
+
+    - ``random``: by DAG, so the tasks of one trajectory never straddle train and test;
+    - ``held_out_tools``: by tool combination (the set of tools of the gold chain): a combination is
+      either all train or all test;
+    - ``held_out_servers``: ``round(test_fraction * servers)`` servers (at least one) are held out;
+      a task using any of them is test, so the test set needs servers never seen in training (one
+      server is always left to train on: with a single server, every task is train).
+
+    >>> ts = [{"dag_id": "d1", "gold_calls": [{"server": "a", "tool": "x"}]},
+    ...       {"dag_id": "d2", "gold_calls": [{"server": "b", "tool": "y"}]}]
+    >>> assign_splits(ts, "held_out_servers", 0.5, 0); sorted(t["split"] for t in ts)
+    ['test', 'train']
+    """
+    if strategy == "random":
+        for t in tasks:
+            t["split"] = "test" if rng_for(seed, "split", t["dag_id"]).random() < test_fraction else "train"
+    elif strategy == "held_out_tools":
+        for t in tasks:
+            combo = sorted({f"{c['server']}/{c['tool']}" for c in t["gold_calls"]})
+            t["split"] = "test" if rng_for(seed, "split-tools", *combo).random() < test_fraction else "train"
+    elif strategy == "held_out_servers":
+        servers = sorted({c["server"] for t in tasks for c in t["gold_calls"]})
+        rng = rng_for(seed, "split-servers")
+        held = set(rng.sample(servers, min(len(servers), max(1, round(test_fraction * len(servers)))))) \
+            if servers else set()
+        if held and len(held) == len(servers):   # keep a server to train on
+            held.discard(sorted(held)[0])
+        for t in tasks:
+            t["split"] = "test" if {c["server"] for c in t["gold_calls"]} & held else "train"
+    else:
+        raise ValueError(f"unknown split strategy {strategy!r}: choose from {', '.join(SPLITS)}")
+
+
+def remove_near_duplicates(tasks: list[dict], threshold: float, rejected: Counter) -> list[dict]:
+    """Drop a task whose question embedding has cosine >= threshold with an earlier kept task's
+    (greedy, in order). One embedding batch and one matrix product: cheap for thousands of tasks."""
+    if len(tasks) < 2:
+        return tasks
+    from .embeddings import embed
+
+    vectors = embed([t["question"] for t in tasks])
+    sims = vectors @ vectors.T
+    kept: list[int] = []
+    for i in range(len(tasks)):
+        if kept and float(sims[i, kept].max()) >= threshold:
+            rejected["near_duplicate"] += 1
+            continue
+        kept.append(i)
+    return [tasks[i] for i in kept]
+
+
+def apply_determinism(tasks: list[dict], live_check, mode: str, rejected: Counter) -> tuple[list[dict], float]:
+    """Re-execute the gold chains live (``live_check(tasks) -> {task id: [field names whose value changed]}``),
+    then exclude the volatile fields (``exclude``; a task left without fields is dropped) or drop the
+    task (``drop``). Returns the kept tasks and the volatile-field rate over the fields checked."""
+    changed = live_check(tasks)
+    checked = sum(len(t["answer"]) for t in tasks)
+    volatile = sum(len(changed.get(t["id"], [])) for t in tasks)
+    kept = []
+    for t in tasks:
+        names = changed.get(t["id"], [])
+        if not names:
+            kept.append(t)
+        elif mode == "drop":
+            rejected["volatile"] += 1
+        else:
+            for name in names:
+                t["answer_schema"].pop(name, None), t["answer"].pop(name, None), t["provenance"].pop(name, None)
+            t["volatile_fields"] = sorted(names)
+            rejected["volatile_field_excluded"] += len(names)
+            if t["answer"]:
+                kept.append(t)
+            else:
+                rejected["all_fields_volatile"] += 1
+    return kept, round(volatile / max(checked, 1), 4)
+
+
+def judge_filter(tasks: list[dict], judge, min_score: int, rejected: Counter) -> tuple[list[dict], float]:
+    """Keep the tasks the judge scores at least ``min_score`` on every criterion; records the scores."""
+    kept = []
+    for t in tasks:
+        scores = judge(t)
+        t["judge"] = scores
+        if all(v >= min_score for v in scores.values()):
+            kept.append(t)
+        else:
+            rejected["judge"] += 1
+    return kept, round(len(kept) / max(len(tasks), 1), 4)
