@@ -121,6 +121,25 @@ def answers_match(expected: Any, got: Any) -> bool:
     return a == b
 
 
+def json_type(value: Any) -> str:
+    """The JSON-schema type of a value.
+
+    >>> [json_type(v) for v in (True, 3, 2.5, "a", None, [1], {})]
+    ['boolean', 'integer', 'number', 'string', 'null', 'array', 'object']
+    """
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "string" if value is not None else "null"
+
+
 def field_name(path: str, taken: set[str] | None = None) -> str:
     """A readable answer-field name for a leaf path: ``rows.0.city`` -> ``city``."""
     parts = [p for p in path.split(".") if p and not p.isdigit()]

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from .results import value_of
+from .results import json_type, value_of
 
 _PATTERNS = [
     ("url", re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.I)),
@@ -69,30 +69,16 @@ def name_pattern(name: str, schema: dict | None = None) -> str | None:
     return None
 
 
-def _type_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return "string" if value is not None else "null"
-
-
 def infer_schema(values: list[Any], depth: int = 0) -> dict:
     """A JSON schema covering the observed values (first types win; patterns by majority)."""
     values = [v for v in values if v is not None]
     if not values:
         return {"type": "string"}
-    types = Counter(_type_of(v) for v in values)
+    types = Counter(json_type(v) for v in values)
     typ = types.most_common(1)[0][0]
     if typ == "integer" and "number" in types:
         typ = "number"
-    same = [v for v in values if _type_of(v) == typ or (typ == "number" and _type_of(v) == "integer")]
+    same = [v for v in values if json_type(v) == typ or (typ == "number" and json_type(v) == "integer")]
     if typ == "object" and depth < 4:
         keys: dict[str, list] = {}
         for v in same:

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .results import answers_match, field_name, get_path, leaves, normalise, value_of
+from .results import answers_match, field_name, get_path, json_type, leaves, normalise, value_of
 from .sampler import rng_for
 from .simulator import Simulator
 from .store import JsonlWriter, stable_hash
@@ -48,16 +48,6 @@ TYPE_ASKS = {"number": ["Give the numbers as a JSON object with {fields}.",
              "boolean": ["Say, as a JSON object of true/false values, {fields}."],
              "string": ["Quote the values exactly, as a JSON object with {fields}.",
                         "Reply with a JSON object whose text fields are {fields}."]}
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return "string"
 
 
 def _describe(desc: str) -> str:
@@ -182,7 +172,7 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                 name = field_name(path or gold[k]["tool"] + "_result", taken)
                 taken.add(name)
                 what = path.split(".")[-1] if path and not path.split(".")[-1].isdigit() else "result"
-                fields[name] = {"type": _json_type(value),
+                fields[name] = {"type": json_type(value),
                                 "description": f"the {what} returned by {gold[k]['tool']} in step {k + 1}"}
                 answer[name] = value
                 provenance[name] = {"step": k, "seq": gold[k]["seq"], "path": path,
