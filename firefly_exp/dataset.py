@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import normalise, result_text
-from .store import JsonlWriter, stable_hash, write_json_atomic
+from .store import stable_hash, write_json_atomic, write_jsonl
 
 SYSTEM_PROMPT = ("You are an assistant that can call tools. Call the tools you need, one at a time, then answer "
                  "with one JSON object holding exactly the requested fields.\n\nTools:\n{tools}")
@@ -221,9 +221,7 @@ def export_dataset(tasks: list[dict], tools: dict[str, dict], out_dir: Path, exp
     rows = [task_row(t, tools) for t in tasks]
     for split in ("train", "test"):
         part = [r for r in rows if r["split"] == split]
-        with JsonlWriter(out_dir / f"{split}.jsonl") as w:
-            for r in part:
-                w.write(r)
+        write_jsonl(out_dir / f"{split}.jsonl", part)
         table = pa.Table.from_pylist([to_parquet_row(r) for r in part], schema=_arrow_schema())
         pq.write_table(table, out_dir / f"{split}.parquet")
     stats = task_statistics(tasks, explored_dags, synth_metrics)

@@ -24,20 +24,26 @@ mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
 import networkx as nx
 
-from .store import JsonlWriter, stable_hash
+from .store import write_jsonl
 
 STRATEGIES = ("random_walk", "weighted", "forest_fire", "fan_out", "fan_in", "coverage", "uniform")
 CONFIDENT = ("high", "medium")
 
 
 def rng_for(seed: int, *coords) -> random.Random:
-    """A generator derived from the run seed and an item's coordinates."""
-    return random.Random(stable_hash([seed, *coords]))
+    """A generator derived from the run seed and an item's coordinates (scalars: ids, indices).
+
+    >>> rng_for(0, "explore", "dag-1", 2).random() == rng_for(0, "explore", "dag-1", 2).random()
+    True
+    """
+    # random.Random hashes a str seed with SHA-512: cheap, and the same on every machine
+    return random.Random("\x1f".join(str(c) for c in (seed, *coords)))
 
 
 def dag_shape(nodes: list[str], edges: list[dict]) -> str:
@@ -83,7 +89,10 @@ def _order_and_depth(nodes: list[str], edges: list[dict]) -> tuple[list[str], in
 def _make_dag(nodes: list[str], edges: list[dict], seed: int, index: int, sampler: str) -> dict:
     order, depth = _order_and_depth(nodes, edges)
     body = {"nodes": order, "edges": sorted(edges, key=lambda e: (e["source"], e["target"]))}
-    return {"id": "dag-" + stable_hash(body, 12), **body, "shape": dag_shape(order, edges), "depth": depth,
+    # the id hashes the structure only: an edge's score and mapping follow from its two tools
+    dag_id = "dag-" + hashlib.sha256("\x1f".join(order + [f"{e['source']}>{e['target']}" for e in body["edges"]])
+                                      .encode()).hexdigest()[:12]
+    return {"id": dag_id, **body, "shape": dag_shape(order, edges), "depth": depth,
             "servers": sorted({n.split("/")[0] for n in order}), "sampler": sampler, "seed": seed, "index": index}
 
 
@@ -111,8 +120,8 @@ class _Walker:
             w /= (1 + self.usage.get(v, 0)) * (1 + 0.2 * self.server_usage.get(v.split("/")[0], 0))
         return w
 
-    def _fits(self, v: str, nodes: list[str]) -> bool:
-        servers = {n.split("/")[0] for n in nodes}
+    def _fits(self, v: str, nodes: list[str], servers: set[str] | None = None) -> bool:
+        servers = {n.split("/")[0] for n in nodes} if servers is None else servers
         return v not in nodes and (v.split("/")[0] in servers or len(servers) < self.max_servers)
 
     def walk(self, strategy: str, start: str, rng: random.Random, size: int, branch_prob: float):
@@ -123,7 +132,8 @@ class _Walker:
             anchor = nodes[-1] if rng.random() >= branch_prob else rng.choice(nodes)
             if depth[anchor] >= self.max_depth:
                 continue
-            options = [(v, d) for v, d in self.succ[anchor] if self._fits(v, nodes)]
+            servers = {n.split("/")[0] for n in nodes}
+            options = [(v, d) for v, d in self.succ[anchor] if self._fits(v, nodes, servers)]
             if not options:
                 continue
             target, data = rng.choices(options, weights=[self.weight(strategy, v, d) for v, d in options])[0]
@@ -235,9 +245,7 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
             for u in nodes:
                 walker.usage[u] = walker.usage.get(u, 0) + 1
                 walker.server_usage[u.split("/")[0]] = walker.server_usage.get(u.split("/")[0], 0) + 1
-    with JsonlWriter(Path(out_dir) / "dags.jsonl") as out:
-        for dag in dags:
-            out.write(dag)
+    write_jsonl(Path(out_dir) / "dags.jsonl", dags)
     metrics = dag_metrics(dags, nodes_all)
     metrics["attempts"] = attempt
     if plot:

@@ -59,6 +59,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl(path: Path, records) -> int:
+    """Write a whole JSONL artifact at once (temp file, one fsync, rename): for outputs that are
+    complete only together, unlike the append-only records of :class:`JsonlWriter`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    n = 0
+    with os.fdopen(fd, "w") as fh:
+        for record in records:
+            fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return n
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Read a JSONL record file, skipping a torn last line left by a killed writer."""
     rows = []

@@ -30,7 +30,7 @@ from typing import Any
 from .results import answers_match, field_name, get_path, json_type, leaves, normalise, value_of
 from .sampler import rng_for
 from .simulator import Simulator
-from .store import JsonlWriter, stable_hash
+from .store import stable_hash, write_jsonl
 
 INTROS = ["Using the available tools, do the following.", "Work through these steps with the tools provided.",
           "You have access to several tools. Complete this task.", "Please carry out this workflow."]
@@ -221,9 +221,7 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
     if near_duplicate_threshold:
         tasks = remove_near_duplicates(tasks, near_duplicate_threshold, rejected)
     assign_splits(tasks, split, test_fraction, seed)
-    with JsonlWriter(Path(out_dir) / "tasks.jsonl") as out:
-        for t in tasks:
-            out.write(t)
+    write_jsonl(Path(out_dir) / "tasks.jsonl", tasks)
     explored = sum(1 for t in trajectories)
     return {"tasks": len(tasks), "train": sum(t["split"] == "train" for t in tasks), "split_strategy": split,
             **extra,

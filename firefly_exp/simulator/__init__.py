@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import polars as pl
 
-from ..store import JsonlWriter, read_jsonl, stable_hash, write_json_atomic
+from ..store import read_jsonl, stable_hash, write_json_atomic, write_jsonl
 
 MAX_ARG_BYTES = 100_000
 SEED_STATE = "seed"
@@ -206,9 +206,8 @@ class Simulator:
         return cls(read_jsonl(Path(folder) / "cache.jsonl"), tool_info(tools), **kwargs)
 
     def save(self, folder: Path) -> None:
-        with JsonlWriter(Path(folder) / "cache.jsonl") as out:
-            for e in sorted(self.entries, key=lambda e: (e["server"], e["tool"], e["args"], e["fingerprint"])):
-                out.write(e)
+        write_jsonl(Path(folder) / "cache.jsonl",
+                    sorted(self.entries, key=lambda e: (e["server"], e["tool"], e["args"], e["fingerprint"])))
         write_json_atomic(Path(folder) / "meta.json", {"scopes": self.scopes, "cascade": list(self.cascade),
                                                        "retrieval_threshold": self.retrieval_threshold})
 
