@@ -41,12 +41,26 @@ def _reset_dspy():
         pass
 
 
-def installed(server_id: str) -> bool:
+def catalog_spec(server_id: str) -> dict:
+    """A server's catalog entry with its id, as the pipeline hands it to the stages."""
     from omegaconf import OmegaConf
 
+    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
+    return {**cat[server_id], "id": server_id}
+
+
+def discovered(server_id: str, tmp_path: Path):
+    """(specs, tools) of one real server, its tools listed by the servers stage into ``tmp_path``."""
+    from firefly_exp.servers import discover_tools, load_tools
+
+    specs = {server_id: catalog_spec(server_id)}
+    discover_tools(list(specs.values()), PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path)
+    return specs, load_tools(tmp_path)
+
+
+def installed(server_id: str) -> bool:
     from firefly_exp.mcp_client import expand, install_prefix
 
-    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
-    spec = {**cat[server_id], "id": server_id}
+    spec = catalog_spec(server_id)
     cmd = expand(spec["command"], env=str(install_prefix(spec, PROJECT_ROOT / ".servers")), sandbox="/x")
     return Path(cmd).exists()

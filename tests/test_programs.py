@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from dspy.utils import DummyLM
 
-from conftest import installed
+from conftest import discovered, installed
 
 
 def _row(tool, desc, inputs, outputs=None):
@@ -44,17 +44,11 @@ def test_dspy_explorer_runs_against_a_real_server(tmp_path):
     are what the server receives, and its answer is recorded."""
     if not installed("calculator"):
         pytest.skip("calculator server not installed (make servers)")
-    from omegaconf import OmegaConf
-
     from firefly_exp import PROJECT_ROOT
     from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
     from firefly_exp.results import value_of
-    from firefly_exp.servers import discover_tools, load_tools
 
-    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
-    specs = {"calculator": {**cat["calculator"], "id": "calculator"}}
-    discover_tools(list(specs.values()), PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path)
-    tools = load_tools(tmp_path)
+    specs, tools = discovered("calculator", tmp_path)
     tool = tools["tool"][0]
     lm = DummyLM([{"reasoning": "multiply", "arguments": json.dumps({"expression": "6*7"})},
                   {"reasoning": "add", "arguments": json.dumps({"expression": "40+2"})}])
@@ -83,18 +77,12 @@ def test_dspy_explorer_follows_edges_and_repairs_on_a_stateful_server(tmp_path):
     server rejects the scripted LM's bad SQL the error is shown to it and its repair is what runs."""
     if not installed("sqlite"):
         pytest.skip("sqlite server not installed (make servers)")
-    from omegaconf import OmegaConf
-
     from firefly_exp import PROJECT_ROOT
     from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
     from firefly_exp.results import value_of
-    from firefly_exp.servers import discover_tools, load_tools
     from programs.lm import lm_usage
 
-    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
-    specs = {"sqlite": {**cat["sqlite"], "id": "sqlite"}}
-    discover_tools(list(specs.values()), PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path)
-    tools = load_tools(tmp_path)
+    specs, tools = discovered("sqlite", tmp_path)
     bad, good = "SELEC name FROM customers", "SELECT name FROM customers WHERE id = 1"
     lm = DummyLM([{"reasoning": "see the tables", "arguments": "{}"},
                   {"reasoning": "a query", "arguments": json.dumps({"query": bad})},

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from dspy.utils import DummyLM
 
-from conftest import installed
+from conftest import catalog_spec, installed
 from firefly_exp.simulator import SEED_STATE, Simulator, canonical_args, next_fingerprint
 from firefly_exp.simulator.env import ToolEnvironment
 from firefly_exp.simulator.fidelity import measure_fidelity
@@ -96,16 +96,13 @@ def test_environment_api_for_training():
 def test_live_fallback_runs_the_real_server_and_joins_the_cache(tmp_path):
     if not installed("calculator"):
         pytest.skip("calculator not installed (make servers)")
-    from omegaconf import OmegaConf
-
     from firefly_exp import PROJECT_ROOT
     from firefly_exp.simulator.live import LiveFallback
 
-    cat = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf/servers/catalog.yaml"))["catalog"]
     tools = pl.DataFrame([{"tool": "calculator/calculate", "read_only": True,
                            "input_schema": json.dumps({"type": "object", "properties": {"expression": {"type": "string"}},
                                                        "required": ["expression"]})}])
-    live = LiveFallback({"calculator": {**cat["calculator"], "id": "calculator"}}, PROJECT_ROOT / ".servers", tmp_path)
+    live = LiveFallback({"calculator": catalog_spec("calculator")}, PROJECT_ROOT / ".servers", tmp_path)
     sim = Simulator([], {"calculator/calculate": {"read_only": True, "input_schema": {"required": ["expression"]}}},
                     cascade=("exact", "live"), live=live)
     first = sim.episode().step("calculator", "calculate", {"expression": "6*7"})
