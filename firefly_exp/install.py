@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from firefly_exp.mcp_client import expand, install_prefix
+from firefly_exp.mcp_client import expand, install_prefix, npm_group
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "conf" / "servers" / "catalog.yaml"
@@ -98,7 +98,8 @@ def _write_marker(prefix: Path, data: dict) -> None:
 
 
 def _command_path(spec: dict, install_dir: Path) -> Path:
-    return Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent"))
+    return Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent",
+                       servers=str(Path(install_dir).absolute())))
 
 
 def find_uv() -> str | None:
@@ -199,9 +200,15 @@ def _npm_versions(prefix: Path, specs: list[dict]) -> dict[str, str]:
     return versions
 
 
-def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path = NPM_MANIFEST) -> dict[str, tuple[str, str]]:
-    """Install every npm server into one prefix; {id: (status, version)} (raises for all)."""
-    prefix = Path(install_dir) / "npm"
+def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None = None) -> dict[str, tuple[str, str]]:
+    """Install npm servers of one group into its prefix; {id: (status, version)} (raises for all).
+
+    The group (``npm_group`` of the specs, default ``npm``) names both the prefix
+    ``<install_dir>/<group>`` and the committed manifest ``servers/<group>/``.
+    """
+    group = npm_group(specs[0]) if specs else "npm"
+    manifest_dir = Path(manifest_dir) if manifest_dir is not None else ROOT / "servers" / group
+    prefix = Path(install_dir) / group
     manifest_path, lock_path = manifest_dir / "package.json", manifest_dir / "package-lock.json"
     manifest = json.loads(manifest_path.read_text())
     deps = dict(manifest.get("dependencies") or {})
@@ -230,7 +237,7 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path = NPM_M
     (prefix / MARKER).unlink(missing_ok=True)
     shutil.copyfile(manifest_path, prefix / "package.json")
     env = {**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false",
-           "npm_config_audit": "false"}
+           "npm_config_audit": "false", "PUPPETEER_SKIP_DOWNLOAD": "1"}
     if lock:
         shutil.copyfile(lock_path, prefix / "package-lock.json")
         _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
@@ -296,8 +303,11 @@ def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict
                 report(spec["id"], f"FAILED: unknown registry '{registry}' (pypi | npm)", "?", 0.0)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = []
-        if by_registry.get("npm"):
-            futures.append(pool.submit(npm_job, by_registry["npm"]))  # the longest job goes first
+        npm_groups: dict[str, list[dict]] = {}
+        for spec in by_registry.get("npm", []):
+            npm_groups.setdefault(npm_group(spec), []).append(spec)
+        for group in npm_groups.values():
+            futures.append(pool.submit(npm_job, group))  # the longest jobs go first
         futures += [pool.submit(pypi_job, spec) for spec in by_registry.get("pypi", [])]
         for future in futures:
             future.result()

@@ -59,10 +59,19 @@ def expand(value: Any, **places: str) -> Any:
     return value
 
 
+def npm_group(spec: dict) -> str:
+    """The npm prefix (and manifest ``servers/<group>/``) an npm server installs into.
+
+    ``npm`` for the default catalog; servers only the full catalog uses declare
+    ``npm_group: npm-full`` so that installing the default set never installs (or removes) them.
+    """
+    return str(spec.get("npm_group") or "npm")
+
+
 def install_prefix(spec: dict, install_dir: Path) -> Path:
-    """Where a server's own environment lives: a venv per PyPI server, one prefix for npm."""
+    """Where a server's own environment lives: a venv per PyPI server, one prefix per npm group."""
     if spec["registry"] == "npm":
-        return Path(install_dir) / "npm"
+        return Path(install_dir) / npm_group(spec)
     return Path(install_dir) / "pypi" / spec["id"]
 
 
@@ -109,7 +118,8 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
     from mcp import StdioServerParameters
 
     install_dir, sandbox = Path(install_dir).absolute(), Path(sandbox).absolute()
-    places = {"env": str(install_prefix(spec, install_dir)), "sandbox": str(sandbox)}
+    places = {"env": str(install_prefix(spec, install_dir)), "sandbox": str(sandbox),
+              "servers": str(Path(install_dir).absolute())}
     command = expand(spec["command"], **places)
     if not Path(command).exists():
         raise ServerStartError(

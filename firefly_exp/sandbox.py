@@ -9,6 +9,9 @@ Step kinds, each a one-key mapping plus options, paths relative to the sandbox r
     {mkdir: rel}                               make a directory (and parents)
     {write: rel, text: "..."}                  write a UTF-8 text file (parents made)
     {sqlite: rel, sql: "script"}               run an SQL script with sqlite3.executescript
+    {zip: rel, members: {name: "text", ...}}   write a zip archive of UTF-8 text members, in the
+                                               order given, with a fixed date: Office files
+                                               (.xlsx, .docx, .pptx are zipped XML) byte-identical
     {run: [argv...], cwd: rel, env: {...}}     run a program inside the sandbox
 
 Servers that share data (two sqlite servers on one db file, filesystem + text-editor on one
@@ -24,10 +27,11 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-STEP_KINDS = ("mkdir", "write", "sqlite", "run")
+STEP_KINDS = ("mkdir", "write", "sqlite", "zip", "run")
 
 # Fixed identity and clock for every `run` step: git commits (and anything else that stamps an
 # author or a date) come out byte-identical on every machine and every run.
@@ -46,6 +50,8 @@ DETERMINISTIC_ENV = {
     "LANG": "C",
     "SOURCE_DATE_EPOCH": "1705320000",
 }
+
+_ZIP_DATE = (2024, 1, 15, 12, 0, 0)
 
 # Left out of fingerprints: per-process scratch (HOME, server logs) and git's stat cache, which
 # records inode numbers and ctimes and is rewritten by read-only commands such as `git status`.
@@ -129,7 +135,7 @@ def seed_sandbox(root: Path, specs: list[dict]) -> None:
             key = json.dumps(step, sort_keys=True)
             if key in done:
                 continue  # the same data, already seeded for another server
-            if kind in ("write", "sqlite"):
+            if kind in ("write", "sqlite", "zip"):
                 rel = str(PurePosixPath(str(step[kind])))
                 if rel in owner and owner[rel][1] != server and owner[rel][0] != key:
                     raise SeedError(
@@ -162,6 +168,19 @@ def _run_step(root: Path, kind: str, step: dict, where: str) -> None:
             raise SeedError(f"{where}: sqlite failed: {exc}") from None
         finally:
             conn.close()
+    elif kind == "zip":
+        path = _inside(root, step["zip"], where)
+        members = step.get("members")
+        if not isinstance(members, dict) or not members or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in members.items()):
+            raise SeedError(f"{where}: a zip step needs `members: {{name: text, ...}}` (text members)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, text in members.items():
+                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, text.encode("utf-8"))
     elif kind == "run":
         argv = step["run"]
         if not isinstance(argv, list) or not argv or not all(isinstance(a, (str, int, float)) for a in argv):
