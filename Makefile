@@ -7,10 +7,10 @@ STAMP := $(VENV)/.firefly-installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers run smoke test test-all bench clean
+.PHONY: help install servers servers-full run smoke full test test-all bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install the project (pinned)
 
-servers: install ## install the MCP servers of the catalog (own venv per PyPI server, one npm prefix)
-	$(PY) -m firefly_exp.install
+servers: install ## install the default experiment's MCP servers (own venv per PyPI server, one npm prefix)
+	$(PY) -m firefly_exp.install --config default
+
+servers-full: install ## install every server of the full catalog (31 servers, 1,236 tools; minutes)
+	$(PY) -m firefly_exp.install --config full
 
 run: servers ## install, then run the default experiment end to end (ARGS="sampler=uniform" to override)
 	$(PY) -m firefly_exp $(ARGS)
 
 smoke: servers ## install, then run the seconds-long smoke experiment
 	$(PY) -m firefly_exp +experiment=smoke $(ARGS)
+
+full: servers-full ## install the full catalog, then run the full experiment (≥5,144 verified tasks)
+	$(PY) -m firefly_exp +experiment=full $(ARGS)
 
 test: servers ## install, then run the tests (slow ones excluded)
 	$(PY) -m pytest -q $(ARGS)

@@ -58,6 +58,7 @@ class NodeContext:
     in_edges: list[dict]       # DAG edges into this node, with their field mappings
     rng: Any
     include_optional_prob: float = 0.5
+    always_fill: frozenset = frozenset()   # optional parameters the server needs in practice (catalog)
 
 
 class Proposer(Protocol):
@@ -194,7 +195,8 @@ class HeuristicProposer:
                 cands = [c for c in cands if not c[1].startswith("pool")]
                 if not cands or (cands[0][1] != "hint" and not cands[0][1].startswith("edge")):
                     continue
-                if cands[0][1] == "hint" and ctx.rng.random() >= ctx.include_optional_prob:
+                if cands[0][1] == "hint" and name not in ctx.always_fill \
+                        and ctx.rng.random() >= ctx.include_optional_prob:
                     continue
             chosen[name] = cands
         if required - set(chosen):
@@ -339,7 +341,8 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
             server = tool["server"]
             in_edges = [{**e, "source_step": step_of[e["source"]]} for e in dag["edges"] if e["target"] == node]
             ctx = NodeContext(dag, step, tool, dict(specs[server].get("hints") or {}), observations, in_edges,
-                              rng_for(seed, "explore", dag["id"], step), settings.include_optional_prob)
+                              rng_for(seed, "explore", dag["id"], step), settings.include_optional_prob,
+                              frozenset(specs[server].get("always_fill") or ()))
             last_error, success = None, None
             for attempt in range(settings.max_retries + 1):
                 if getattr(proposer, "blocking", False):  # an LM call: keep the other DAGs' calls moving

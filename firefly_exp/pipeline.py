@@ -109,6 +109,21 @@ def server_specs(cfg_servers: dict) -> dict[str, dict]:
     return {sid: {**catalog[sid], "id": sid} for sid in enabled}
 
 
+def check_installed(specs: dict[str, dict], install_dir: Path) -> None:
+    """A one-line error naming the enabled servers that are not installed, and the command that installs them."""
+    from .install import enabled_ids
+    from .mcp_client import expand, install_prefix
+
+    missing = [sid for sid, spec in specs.items()
+               if not Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent",
+                                  servers=str(Path(install_dir).absolute()))).exists()]
+    if not missing:
+        return
+    target = "make servers" if set(missing) <= set(enabled_ids("default")) else "make servers-full"
+    raise ConfigError(f"{len(missing)} enabled server(s) not installed in {install_dir}: {', '.join(missing)}: "
+                      f"run `{target}` (or `python -m firefly_exp.install {' '.join(missing)}`)")
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the whole experiment described by ``cfg``; returns the summary (also summary.json)."""
     import mlflow
@@ -123,6 +138,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     specs = server_specs(conf["servers"])
+    check_installed(specs, Path(conf["servers"]["install_dir"]))
     seed = int(conf["seed"])
     lm = configure_lm(conf.get("lm"))
     started = time.perf_counter()

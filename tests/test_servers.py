@@ -86,12 +86,22 @@ def test_catalog_shape():
 
 
 def test_npm_pins_match_manifest():
-    manifest = json.loads((ROOT / "servers" / "npm" / "package.json").read_text())
-    lock = json.loads((ROOT / "servers" / "npm" / "package-lock.json").read_text())
     for spec in CATALOG.values():
         if spec["registry"] == "npm":
+            group = spec.get("npm_group") or "npm"
+            manifest = json.loads((ROOT / "servers" / group / "package.json").read_text())
+            lock = json.loads((ROOT / "servers" / group / "package-lock.json").read_text())
             assert manifest["dependencies"].get(spec["package"]) == spec["version"], spec["id"]
             assert lock["packages"][f"node_modules/{spec['package']}"]["version"] == spec["version"], spec["id"]
+
+
+def test_default_servers_install_apart_from_the_full_catalog():
+    """`make servers` (the default list) never installs a full-catalog-only server, nor its npm group."""
+    full = list(OmegaConf.load(ROOT / "conf" / "servers" / "full.yaml").enabled)
+    assert set(ENABLED) < set(full) and set(full) <= set(CATALOG) and len(full) >= 30
+    assert all((CATALOG[s].get("npm_group") or "npm") == "npm" for s in ENABLED)
+    default_npm = json.loads((ROOT / "servers" / "npm" / "package.json").read_text())["dependencies"]
+    assert set(default_npm) == {CATALOG[s]["package"] for s in ENABLED if CATALOG[s]["registry"] == "npm"}
 
 
 def test_servers_config_composes():
