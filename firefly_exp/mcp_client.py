@@ -220,6 +220,7 @@ class ServerHandle:
                         async with ClientSession(read, write) as session:
                             init = await session.initialize()
                             self.server_info = _jsonable(init.server_info)
+                            await self._init_calls(session)
                             self.session = session
                             ready.set()
                             await self._stop.wait()
@@ -244,6 +245,20 @@ class ServerHandle:
                 f"see {log_dir}/{self.id}.stderr.log"
             )
         return self
+
+    async def _init_calls(self, session) -> None:
+        """The catalog's ``init_calls``: state a server keeps only in memory, set up after each start.
+
+        E.g. tree-sitter's registered project or powerpoint's open presentation: every process of the
+        server starts from the same state, as a seeded sandbox gives files. Not recorded as calls.
+        """
+        for step in self.spec.get("init_calls") or []:
+            result = await asyncio.wait_for(
+                session.call_tool(step["tool"], to_real(dict(step.get("arguments") or {}), self.sandbox)),
+                self.startup_timeout_s)
+            if result.is_error:
+                text = " ".join(str(getattr(c, "text", "")) for c in result.content)[:200]
+                raise ServerStartError(f"server '{self.id}' init call {step['tool']} failed: {text}")
 
     @property
     def pid(self) -> int | None:
