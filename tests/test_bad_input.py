@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from firefly_exp.mcp_client import ServerHandle, ServerStartError
-from firefly_exp.pipeline import ConfigError, server_specs
+from firefly_exp.pipeline import ConfigError, check_installed, server_specs
 
 FLAKY = {"id": "flaky", "registry": "pypi", "command": sys.executable,
          "args": [str(Path(__file__).parent / "fixtures" / "flaky_server.py")], "stateful": False}
@@ -18,6 +18,22 @@ def test_unknown_server_is_a_one_line_error():
         server_specs({"catalog": {"time": {}}, "enabled": ["time", "nosuch"]})
     msg = str(err.value)
     assert "nosuch" in msg and "conf/servers/catalog.yaml" in msg and "\n" not in msg
+
+
+def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):
+    """`+experiment=full` on a machine without the full catalog: one line, naming `make servers-full`."""
+    from omegaconf import OmegaConf
+
+    cfg = config("+experiment=full", f"servers.install_dir={tmp_path}/nothing-installed")
+    specs = server_specs(OmegaConf.to_container(cfg.servers, resolve=True))
+    assert len(specs) >= 30
+    with pytest.raises(ConfigError) as err:
+        check_installed(specs, Path(cfg.servers.install_dir))
+    msg = str(err.value)
+    assert "make servers-full" in msg and "basic-memory" in msg and "\n" not in msg
+    only_default = {sid: specs[sid] for sid in ("time", "git")}
+    with pytest.raises(ConfigError, match=r"run `make servers`"):
+        check_installed(only_default, Path(cfg.servers.install_dir))
 
 
 def test_missing_server_binary_says_how_to_fix(tmp_path):

@@ -95,6 +95,22 @@ def test_npm_pins_match_manifest():
             assert lock["packages"][f"node_modules/{spec['package']}"]["version"] == spec["version"], spec["id"]
 
 
+def test_zip_seed_step_is_byte_identical_and_readable(tmp_path):
+    """Office files seeded as zipped XML: the same bytes on every seeding, members as written."""
+    import zipfile
+
+    excel = CATALOG["excel"]
+    seed_sandbox(tmp_path / "a", [excel])
+    seed_sandbox(tmp_path / "b", [excel])
+    assert fingerprint(tmp_path / "a") == fingerprint(tmp_path / "b")
+    xlsx = tmp_path / "a" / "files" / "office" / "sales.xlsx"
+    with zipfile.ZipFile(xlsx) as archive:
+        assert archive.namelist()[0] == "[Content_Types].xml"
+        assert "Widget" in archive.read("xl/worksheets/sheet1.xml").decode()
+    with pytest.raises(SeedError, match="members"):
+        seed_sandbox(tmp_path / "c", [{"id": "bad", "seed": [{"zip": "x.zip", "members": {"a": 1}}]}])
+
+
 def test_default_servers_install_apart_from_the_full_catalog():
     """`make servers` (the default list) never installs a full-catalog-only server, nor its npm group."""
     full = list(OmegaConf.load(ROOT / "conf" / "servers" / "full.yaml").enabled)
