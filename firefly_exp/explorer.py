@@ -329,7 +329,8 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                    calls_out: JsonlWriter, episode: str, live: dict | None = None) -> dict:
     started = time.perf_counter()
     stateful = sorted({tools[n]["server"] for n in dag["nodes"] if specs[tools[n]["server"]].get("stateful")})
-    sandbox = sandboxes / dag["id"]
+    # one folder per attempt: a timed-out attempt's server may still be writing into its own
+    sandbox = sandboxes / dag["id"] / episode
     handles: dict[str, ServerHandle] = {}
     record = {"dag_id": dag["id"], "index": dag["index"], "episode": episode, "steps": [], "n_calls": 0,
               "n_errors": 0}
@@ -409,6 +410,10 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
         await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
         if not settings.keep_sandboxes and sandbox.exists():
             await asyncio.to_thread(shutil.rmtree, sandbox, True)
+            try:
+                sandbox.parent.rmdir()   # the DAG's folder, once its last attempt's is gone
+            except OSError:
+                pass
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 

@@ -34,12 +34,12 @@ def fixture_tools(tmp_path_factory) -> Path:
 
 
 def _children_in(cwd: Path) -> list[int]:
-    """Our child processes whose working directory is ``cwd`` (a DAG's sandbox)."""
+    """Our child processes whose working directory is in ``cwd`` (a DAG's folder: one sandbox per attempt)."""
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == os.getpid() and os.readlink(f"/proc/{entry}/cwd") == str(cwd.resolve()):
+            if ppid == os.getpid() and Path(os.readlink(f"/proc/{entry}/cwd")).parent == cwd.resolve():
                 found.append(int(entry))
         except (OSError, ValueError, IndexError):
             continue
