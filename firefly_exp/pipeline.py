@@ -192,7 +192,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
                 probe_calls=probe_calls, hints=hints,
                 cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
                 lm),
-            (graph,), ("edges.parquet", "graph.json", "graph.png", "report.json", "inferred_schemas.parquet"))
+            (graph,), ("edges.parquet", "nodes.parquet", "graph.png", "report.json", "inferred_schemas.parquet"))
         tool_graph = graph.load_graph(graph_st.folder)
 
         s = conf["sampler"]
