@@ -19,6 +19,7 @@ import argparse
 import base64
 import html
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def default_target(outputs: Path) -> str:
 
 def load_runs(tracking_uri: str, target: str) -> tuple[str, list[dict], Path | None]:
     """The finished parent runs of a sweep folder or an experiment name: (name, runs, sweep folder)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -166,6 +168,7 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[dict]]:
         for c in columns:
             row["mean"][c], row["sd"][c] = _mean_sd([m.get(c) for m in metrics])
         row["stages"] = [{"seed": r["summary"]["seed"], "run_id": r["run_id"],
+                          "order": [n for n, st in r["summary"]["stages"].items() if "reused" in st],
                           "reused": [n for n, st in r["summary"]["stages"].items() if st.get("reused")],
                           "ran": [n for n, st in r["summary"]["stages"].items()
                                   if "reused" in st and not st["reused"]]} for r in rs]
@@ -211,7 +214,7 @@ def render_markdown(name: str, source: str, columns: list[str], rows: list[dict]
               "Stages whose inputs and config were unchanged came from the content-addressed store.", "",
               "| stage | reused in | ran in |", "|---|---|---|"]
     jobs = [s for r in rows for s in r["stages"]]
-    for stage in dict.fromkeys(st for s in jobs for st in s["reused"] + s["ran"]):
+    for stage in dict.fromkeys(st for s in jobs for st in s["order"]):
         reused = sum(stage in s["reused"] for s in jobs)
         ran = sum(stage in s["ran"] for s in jobs)
         lines.append(f"| {stage} | {reused} of {len(jobs)} jobs | {ran} |")
