@@ -52,6 +52,9 @@ def default_target(outputs: Path) -> str:
 
 def load_runs(tracking_uri: str, target: str) -> tuple[str, list[dict], Path | None]:
     """The finished parent runs of a sweep folder or an experiment name: (name, runs, sweep folder)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        raise ReportError(f"no MLflow store at {tracking_uri}: run an experiment first, or pass --tracking-uri "
+                          f"(or --outputs) to point at the store")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -102,7 +102,7 @@ def test_report_table_with_spreads_over_seeds(tiny_runs):
     assert binary["mean"]["pass@1 gold"] == 1.0
     md = Path(result["out_dir"], "report.md").read_text()
     assert "## Ablation table" in md and "## Reused stages" in md and " ± " in md
-    assert "| eval | 0 of" not in md   # eval ran in every job
+    assert "| eval | 0 of 4 jobs | 4 |" in md and "| graph | 3 of 4 jobs | 1 |" in md   # eval ran in every job
     html = Path(result["out_dir"], "report.html").read_text()
     assert "<table>" in html and "data:image/png;base64," in html
     import mlflow
@@ -111,11 +111,16 @@ def test_report_table_with_spreads_over_seeds(tiny_runs):
     assert {"report/report.md", "report/report.html", "report/report_metrics.png"} <= arts
 
 
-def test_report_names_a_missing_target_in_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "firefly_exp.report", "no-such-experiment", "--outputs",
-                          str(tmp_path)], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "no-such-experiment" in out.stderr
+def test_report_names_a_missing_target_in_one_line(tiny_runs, tmp_path, capsys):
+    from firefly_exp import report
+
+    _, _, tmp = tiny_runs
+    assert report.main(["no-such-experiment", "--outputs", str(tmp / "outputs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no-such-experiment" in err
+    assert report.main(["--outputs", str(tmp_path)]) == 2           # no store there at all
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no sweep" in err
 
 
 def test_unknown_executor_is_a_one_line_config_error(config):
