@@ -104,6 +104,7 @@ def explore(executor: Executor, dags: list[dict], tools, specs: dict, install_di
     if executor.kind == "local" or executor.workers < 2:
         return explorer.explore(dags, tools, specs, install_dir, sandbox_root, out_dir, seed,
                                 explorer.make_proposer(proposer_kind, lm), settings)
+    explorer.make_proposer(proposer_kind, lm)   # a missing LM fails here, in one line, not in a worker
     out_dir = Path(out_dir)
     done = {t["dag_id"] for t in read_jsonl(out_dir / "trajectories.jsonl")}   # an earlier partial run
     todo = [d for d in dags if d["id"] not in done]
@@ -116,24 +117,32 @@ def explore(executor: Executor, dags: list[dict], tools, specs: dict, install_di
     trajs = read_jsonl(out_dir / "trajectories.jsonl") + [t for r in results for t in r["trajectories"]]
     calls = read_jsonl(out_dir / "calls.jsonl") + [c for r in results for c in r["calls"]]
     merge_exploration(out_dir, trajs, calls)
-    runnable = sum(all(n in set(tools["tool"].to_list()) for n in d["nodes"]) for d in dags)
+    known = set(tools["tool"].to_list())
+    runnable = sum(all(node in known for node in d["nodes"]) for d in dags)
     return {**explorer.exploration_metrics(out_dir, len(dags) - runnable, wall,
                                            pool_restarts=sum(r["metrics"].get("pool_restarts", 0) for r in results)),
-            "shards": n}
+            **_summed_lm_usage(r["lm_usage"] for r in results), "shards": n}
 
 
 def _explore_shard(dags, tools, specs, install_dir, sandbox_root, out_dir, seed, proposer_kind, lm_conf,
                    settings) -> dict:
     """One worker: explore a shard of the DAGs with its own server pool and sandbox; return its records."""
-    lm = None
-    if lm_conf and lm_conf.get("model"):
-        from programs.lm import configure_lm
+    from programs.lm import configure_lm, lm_usage
 
-        lm = configure_lm(lm_conf)
+    lm = configure_lm(lm_conf) if proposer_kind == "dspy" else None
     metrics = explorer.explore(dags, tools, specs, Path(install_dir), Path(sandbox_root), Path(out_dir), seed,
                                explorer.make_proposer(proposer_kind, lm), settings)
     return {"metrics": metrics, "trajectories": read_jsonl(Path(out_dir) / "trajectories.jsonl"),
-            "calls": read_jsonl(Path(out_dir) / "calls.jsonl")}
+            "calls": read_jsonl(Path(out_dir) / "calls.jsonl"), "lm_usage": lm_usage(lm) if lm else {}}
+
+
+def _summed_lm_usage(usages) -> dict:
+    """The workers' LM calls, tokens and cost, added up (empty without an LM)."""
+    total: dict = {}
+    for usage in usages:
+        for k, v in usage.items():
+            total[k] = round(total.get(k, 0) + v, 6)
+    return total
 
 
 def merge_exploration(out_dir: Path, trajectories: list[dict], calls: list[dict]) -> None:
@@ -182,28 +191,32 @@ def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], 
                      generate, lm_conf))
     candidates: list[dict] = []
     rejected: Counter = Counter()
-    for tasks, counts in executor.map(_synthesize_chunk, jobs):   # in chunk order: dedup keeps the first
+    results = executor.map(_synthesize_chunk, jobs)
+    for tasks, counts, _ in results:   # in chunk order: deduplication keeps the first, as locally
         candidates.extend(tasks)
         rejected.update(counts)
     return {**synthesizer.finish_tasks(candidates, rejected, len(trajectories), out_dir, seed, judge=judge,
-                                       live_check=live_check, **finish), "shards": n}
+                                       live_check=live_check, **finish),
+            **_summed_lm_usage(usage for _, _, usage in results), "shards": n}
 
 
 def _synthesize_chunk(trajectories, calls, dags, tools, simulator_folder, tools_frame, seed, kind, generate,
-                      lm_conf) -> tuple[list[dict], dict]:
+                      lm_conf) -> tuple[list[dict], dict, dict]:
     """One worker: generate and verify the tasks of a chunk of trajectories (exact replay only, as locally)."""
     from .simulator import Simulator
 
-    writer = None
-    if kind == "dspy" and lm_conf and lm_conf.get("model"):
-        from programs.lm import configure_lm
+    from programs.lm import configure_lm, lm_usage
+
+    lm = writer = None
+    if kind == "dspy":
         from programs.synthesizer import TaskWriter
 
-        writer = TaskWriter(configure_lm(lm_conf))
+        lm = configure_lm(lm_conf)
+        writer = TaskWriter(lm)
     sim = Simulator.load(Path(simulator_folder), tools_frame)
     tasks, rejected = synthesizer.candidate_tasks(trajectories, calls, dags, tools, sim, seed, kind,
                                                   writer=writer, **generate)
-    return tasks, dict(rejected)
+    return tasks, dict(rejected), lm_usage(lm) if lm else {}
 
 
 def describe(executor: Executor) -> dict:

@@ -109,7 +109,8 @@ def with_lm_usage(fn: Callable[[Path], dict], lm: Any) -> Callable[[Path], dict]
 
     def run(out: Path) -> dict:
         before = history_ids(lm)
-        return {**fn(out), **lm_usage(lm, before)}
+        metrics = fn(out)   # with executor=ray it already holds the workers' LM usage: add ours to it
+        return {**metrics, **{k: round(metrics.get(k, 0) + v, 6) for k, v in lm_usage(lm, before).items()}}
 
     return run
 
