@@ -20,6 +20,7 @@ produces, so a folder made with one executor is reused by the other.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections import Counter
@@ -169,14 +170,12 @@ def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], 
                options: dict, kind: str, lm_conf: dict | None, writer=None, judge=None, live_check=None) -> dict:
     """:func:`synthesizer.synthesize_tasks`, in this process or with the per-trajectory part (task
     generation and verification against the replay simulator) split across the executor's workers."""
-    finish = {k: options[k] for k in ("test_fraction", "split", "near_duplicate_threshold", "determinism",
-                                      "judge_min_score") if k in options}
-    generate = {k: options[k] for k in ("tasks_per_trajectory", "max_fields", "max_value_len", "include_partial")
-                if k in options}
     if executor.kind == "local" or executor.workers < 2:
         return synthesizer.synthesize_tasks(trajectories, calls, dags, tools, simulator, out_dir, seed,
-                                            kind=kind, writer=writer, judge=judge, live_check=live_check,
-                                            **generate, **finish)
+                                            kind=kind, writer=writer, judge=judge, live_check=live_check, **options)
+    per_trajectory = set(inspect.signature(synthesizer.candidate_tasks).parameters)
+    generate = {k: v for k, v in options.items() if k in per_trajectory}
+    finish = {k: v for k, v in options.items() if k not in per_trajectory}
     synthesizer.check_options(kind, finish.get("split", "random"), finish.get("determinism", "off"),
                               writer, live_check)
     n = min(executor.workers, max(len(trajectories), 1))
