@@ -173,9 +173,8 @@ def test_slurm_launcher_config_resolves_to_submitit_and_a_valid_sbatch_script(tm
     checked = OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), launcher)   # unknown keys or bad types raise
     cls = hydra.utils.get_class(checked._target_)
     assert cls.__name__ == "SlurmLauncher" and cls._EXECUTOR == "slurm"
-    params = {k: v for k, v in OmegaConf.to_container(checked, resolve=False).items()
+    params = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items()
               if k not in ("_target_", "submitit_folder", "max_num_timeout", "name")}
-    params["setup"] = [line.replace("${paths.root}", str(PROJECT_ROOT)) for line in params["setup"]]
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     renames = slurm.SlurmExecutor._equivalence_dict()
     sbatch = {renames.get(k, k) if k in base else k: v for k, v in params.items()}
