@@ -28,6 +28,9 @@ from typing import Any
 
 from . import PROJECT_ROOT
 
+# the pipeline's order (summary.json stores its stages by name); a stage not listed goes last
+STAGE_ORDER = ("servers", "graph", "sampler", "explorer", "flow", "simulator", "synthesizer", "fidelity", "dataset",
+               "train", "eval")
 HIT_KINDS = ("exact", "state_aware", "retrieval", "adapted", "live", "miss", "invalid")
 # config leaves that say where or how a run ran, not what it computed
 IGNORED = ("seed", "name", "resume", "paths.", "mlflow.", "servers.install_dir")
@@ -170,11 +173,14 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[dict]]:
                "mean": {}, "sd": {}}
         for c in columns:
             row["mean"][c], row["sd"][c] = _mean_sd([m.get(c) for m in metrics])
-        row["stages"] = [{"seed": r["summary"]["seed"], "run_id": r["run_id"],
-                          "order": [n for n, st in r["summary"]["stages"].items() if "reused" in st],
-                          "reused": [n for n, st in r["summary"]["stages"].items() if st.get("reused")],
-                          "ran": [n for n, st in r["summary"]["stages"].items()
-                                  if "reused" in st and not st["reused"]]} for r in rs]
+        row["stages"] = []
+        for r in rs:
+            stages = sorted(((n, st) for n, st in r["summary"]["stages"].items() if "reused" in st),
+                            key=lambda kv: (STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else len(STAGE_ORDER),
+                                            kv[0]))
+            row["stages"].append({"seed": r["summary"]["seed"], "run_id": r["run_id"],
+                                  "order": [n for n, _ in stages], "reused": [n for n, st in stages if st["reused"]],
+                                  "ran": [n for n, st in stages if not st["reused"]]})
         rows.append(row)
     return columns, rows
 
