@@ -7,8 +7,9 @@
 On the smoke servers (conf/servers/smoke.yaml): the DAG set of ``bench/explore.py`` (stateless chains
 and stateful ones: a fresh sandbox and fresh stateful servers per DAG), explored with the same
 ``ExploreSettings`` (``--concurrency`` DAGs at once per process) locally and sharded across
-``--workers`` Ray workers, each with its own server pool and sandbox, merged into one folder. Rounds
-alternate local / ray so that load from elsewhere hits both; the median ratio counts.
+``--workers`` Ray workers, each with its own server pool and sandbox, merged into one folder. After
+one uncounted warm-up round of each, rounds alternate local / ray so that load from elsewhere hits
+both; the median ratio counts.
 
 - ``ray_speedup``: local wall time / ray wall time (sharding and merging included; the Ray instance is
   started once before, its start-up is ``ray_init_s``);
@@ -50,7 +51,7 @@ def main() -> dict:
     ap.add_argument("--dags", type=int, default=24)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=3, help="DAGs at once per process (explorer.concurrency)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "bench")
     a = ap.parse_args()
     install_dir = PROJECT_ROOT / ".servers"
@@ -76,6 +77,8 @@ def main() -> dict:
     report["ray_init_s"] = round(time.perf_counter() - t, 3)
     walls_local, walls_ray, same = [], [], []
     try:
+        for name, runner in (("local", local), ("ray", ray)):   # warm-up, not counted: first server starts, imports
+            _run(runner, dags, tools, specs, install_dir, work / name, settings)
         for i in range(a.repeats):
             order = [("local", local), ("ray", ray)] if i % 2 == 0 else [("ray", ray), ("local", local)]
             got = {}
