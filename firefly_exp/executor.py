@@ -177,7 +177,7 @@ def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], 
     generate = {k: v for k, v in options.items() if k in per_trajectory}
     finish = {k: v for k, v in options.items() if k not in per_trajectory}
     synthesizer.check_options(kind, finish.get("split", "random"), finish.get("determinism", "off"),
-                              writer, live_check)
+                              generate.get("single_call", "fallback"), writer, live_check)
     n = min(executor.workers, max(len(trajectories), 1))
     size = -(-len(trajectories) // n)
     chunks = [trajectories[i * size:(i + 1) * size] for i in range(n)]

@@ -183,7 +183,7 @@ def test_template_wording_varies_by_shape_and_answer_type():
     assert any("One tool call answers this." in q for q in qs[(1, "num")])
     assert not any("One tool call answers this." in q for q in qs[(2, "num")])
     assert any("numeric values" in q for q in qs[(1, "num")]) and not any("numeric" in q for q in qs[(1, "text")])
-    assert any("value obtained in step 1" in q for q in qs[(2, "text")])
+    assert any("a set to the value at value in the result of step 1" in q for q in qs[(2, "text")])
 
 
 def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
