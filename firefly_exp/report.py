@@ -29,7 +29,7 @@ from typing import Any
 from . import PROJECT_ROOT
 
 # the pipeline's order (summary.json stores its stages by name); a stage not listed goes last
-STAGE_ORDER = ("servers", "graph", "sampler", "explorer", "flow", "simulator", "synthesizer", "fidelity", "dataset",
+STAGE_ORDER = ("servers", "probe", "graph", "sampler", "explorer", "flow", "simulator", "synthesizer", "fidelity", "dataset",
                "train", "eval")
 HIT_KINDS = ("exact", "state_aware", "retrieval", "adapted", "live", "miss", "invalid")
 # config leaves that say where or how a run ran, not what it computed
