@@ -19,7 +19,7 @@ it, computed in row blocks together with the similarity and a top-k per source (
 ``flow_score`` is the same score for one pair (the reference the tests compare against).
 
 Writes ``edges.parquet`` (source, target, score, flow, similarity, confidence, evidence, mapping,
-cross_server, observed), ``graph.json`` (networkx node-link), ``graph.png``, ``report.json`` and,
+cross_server, observed), ``nodes.parquet`` (tool, server, domain), ``graph.png``, ``report.json`` and,
 when observations were given, ``inferred_schemas.parquet``.
 """
 
@@ -413,7 +413,8 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 "similarity": pl.Float64, "confidence": pl.Utf8, "evidence": pl.Utf8, "mapping": pl.Utf8,
                 "observed": pl.Int64, "cross_server": pl.Boolean})
     frame.write_parquet(out_dir / "edges.parquet")
-    write_json_atomic(out_dir / "graph.json", nx.node_link_data(graph, edges="edges"))
+    pl.DataFrame([{"tool": r["tool"], "server": r["server"], "domain": r["domain"]} for r in rows],
+                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8}).write_parquet(out_dir / "nodes.parquet")
     plot_graph(graph, out_dir / "graph.png")
     metrics = graph_report(frame, n, graph)
     metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
@@ -492,10 +493,14 @@ def _observed_agreement(flows: dict, candidates: list[dict], known: set) -> dict
 
 
 def load_graph(folder: Path) -> nx.DiGraph:
-    data = json.loads((Path(folder) / "graph.json").read_text())
-    graph = nx.node_link_graph(data, edges="edges")
-    for _, _, d in graph.edges(data=True):
-        d["mapping"] = json.loads(d["mapping"]) if isinstance(d.get("mapping"), str) else d.get("mapping", {})
+    """The graph saved by :func:`build_graph` (``nodes.parquet`` + ``edges.parquet``), mappings as dicts."""
+    graph = nx.DiGraph()
+    for r in pl.read_parquet(Path(folder) / "nodes.parquet").iter_rows(named=True):
+        graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
+    edges = pl.read_parquet(Path(folder) / "edges.parquet", columns=["source", "target", "score", "confidence", "mapping"])
+    graph.add_edges_from((r["source"], r["target"], {"score": r["score"], "confidence": r["confidence"],
+                                                     "mapping": json.loads(r["mapping"])})
+                         for r in edges.iter_rows(named=True))
     return graph
 
 

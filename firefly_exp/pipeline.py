@@ -211,7 +211,7 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
                 probe_calls=probe_calls, hints=hints,
                 cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
                 lm),
-            (graph,), ("edges.parquet", "graph.json", "graph.png", "report.json", "inferred_schemas.parquet"))
+            (graph,), ("edges.parquet", "nodes.parquet", "graph.png", "report.json", "inferred_schemas.parquet"))
         tool_graph = graph.load_graph(graph_st.folder)
 
         s = conf["sampler"]
