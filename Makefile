@@ -5,9 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.firefly-installed
 ARGS ?=
+REPORT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers servers-full run smoke full test test-all bench clean
+.PHONY: help install servers servers-full run smoke full test test-all bench report clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ test-all: servers ## the tests, slow ones included
 bench: servers ## run every benchmark in bench/ (results in outputs/bench/*.json)
 	@set -e; for f in bench/*.py; do [ "$$(basename $$f)" = __init__.py ] && continue; \
 	  m=bench.$$(basename $$f .py); echo "== $$m"; $(PY) -m $$m $(ARGS); done
+
+report: install ## the comparison report of the latest sweep (REPORT=<sweep folder | experiment name> for another)
+	$(PY) -m firefly_exp.report $(REPORT)
 
 clean: ## remove run outputs (keeps installs and the MLflow store)
 	rm -rf outputs/runs outputs/multirun outputs/store outputs/latest

@@ -1,4 +1,4 @@
-"""Stage 7, evaluation: run policies on the held-out tasks inside the simulator, binary reward.
+"""Stage 7, evaluation: run policies on the held-out tasks inside the simulator, binary (or partial) reward.
 
 A policy gets a task (question, answer schema, offered tools) and an :class:`~.simulator.Episode`
 to call tools in; it returns an answer dict. The binary reward is 1 when every answer field
@@ -85,9 +85,17 @@ def make_random_policy(tool_schemas: dict[str, dict]) -> Callable:
     return random_policy
 
 
+REWARDS = {"binary": binary_reward, "partial": partial_reward}
+
+
 def evaluate(tasks: list[dict], simulator: Simulator, policies: dict[str, Callable], out_dir: Path, seed: int,
-             k: int = 1) -> dict:
-    """Score each policy on ``tasks`` (pass@1 over ``k`` samples, pass@k); returns the metrics table."""
+             k: int = 1, reward: str = "binary") -> dict:
+    """Score each policy on ``tasks`` (pass@1: the mean ``reward`` over ``k`` samples; pass@k: a sample
+    with reward > 0); returns the metrics table. ``reward``: ``binary`` (every field right) or
+    ``partial`` (the fraction of fields right)."""
+    if reward not in REWARDS:
+        raise ValueError(f"eval.reward={reward!r}: choose from {', '.join(REWARDS)}")
+    reward_fn = REWARDS[reward]
     table: dict[str, dict] = {}
     with JsonlWriter(Path(out_dir) / "episodes.jsonl", fsync=False) as out:  # complete once eval.json is written
         for pname, policy in policies.items():
@@ -98,7 +106,7 @@ def evaluate(tasks: list[dict], simulator: Simulator, policies: dict[str, Callab
                 for sample in range(k):
                     episode = simulator.episode()
                     answer = policy(task, episode, rng_for(seed, "eval", pname, task["id"], sample))
-                    r = binary_reward(task, answer)
+                    r = reward_fn(task, answer)
                     sample_rewards.append(r)
                     n_calls.append(len(episode.calls))
                     valid.extend(c["hit"] == "exact" and not c["is_error"] for c in episode.calls)
@@ -114,7 +122,7 @@ def evaluate(tasks: list[dict], simulator: Simulator, policies: dict[str, Callab
                             "calls_per_task": round(sum(n_calls) / max(len(n_calls), 1), 3),
                             "field_accuracy": round(sum(field_acc) / max(len(field_acc), 1), 4),
                             **{f"pass@1.calls_{c}": round(sum(v) / len(v), 4) for c, v in sorted(by_calls.items())}}
-    result = {"tasks": len(tasks), "k": k, "policies": table, "simulator_hits": dict(simulator.counts)}
+    result = {"tasks": len(tasks), "k": k, "reward": reward, "policies": table, "simulator_hits": dict(simulator.counts)}
     write_json_atomic(Path(out_dir) / "eval.json", result)
     return result
 

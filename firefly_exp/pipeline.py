@@ -11,6 +11,8 @@ whose address is unchanged, logs a nested MLflow run per stage, and writes ``sum
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -22,7 +24,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, dataset, evaluate, explorer, graph, observed, probe, sampler, servers, simulator, synthesizer
+from . import (__version__, dataset, evaluate, executor, explorer, graph, observed, probe, sampler, servers,
+               simulator, synthesizer)
 from . import embeddings
 from .simulator import fidelity, live, retrieval
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
@@ -55,23 +58,26 @@ class Stages:
         from . import tracking
 
         key = self.store.address(name, params, {k: v.key for k, v in inputs.items()}, code_version(*code))
-        folder = self.store.folder(name, key)
-        manifest = self.store.manifest(folder)
-        if manifest is not None and not self.resume:
-            shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
-            folder, manifest = self.store.folder(name, key), None
-        started = time.perf_counter()
-        if manifest is not None:
-            metrics, reused, wall = manifest["metrics"], True, manifest["wall_s"]
-            print(f"[{name}] reused {folder.relative_to(self.store.root.parent)} (inputs and config unchanged)")
-        else:
-            print(f"[{name}] running -> {folder.relative_to(self.store.root.parent)}")
-            metrics = fn(folder)
-            wall = round(time.perf_counter() - started, 3)
-            reused = False
-            self.store.finish(folder, {"stage": name, "key": key, "params": params, "metrics": metrics,
-                                       "inputs": {k: v.key for k, v in inputs.items()}, "wall_s": wall,
-                                       "code_version": __version__, "finished": time.time()})
+        # one process computes a folder at a time: parallel sweep jobs that need the same stage wait
+        # for the first, then reuse what it finished
+        with _stage_lock(self.store.root / name / f".{key}.lock"):
+            folder = self.store.folder(name, key)
+            manifest = self.store.manifest(folder)
+            if manifest is not None and not self.resume:
+                shutil.move(str(folder), f"{folder}.old-{int(time.time())}")
+                folder, manifest = self.store.folder(name, key), None
+            started = time.perf_counter()
+            if manifest is not None:
+                metrics, reused, wall = manifest["metrics"], True, manifest["wall_s"]
+                print(f"[{name}] reused {folder.relative_to(self.store.root.parent)} (inputs and config unchanged)")
+            else:
+                print(f"[{name}] running -> {folder.relative_to(self.store.root.parent)}")
+                metrics = fn(folder)
+                wall = round(time.perf_counter() - started, 3)
+                reused = False
+                self.store.finish(folder, {"stage": name, "key": key, "params": params, "metrics": metrics,
+                                           "inputs": {k: v.key for k, v in inputs.items()}, "wall_s": wall,
+                                           "code_version": __version__, "finished": time.time()})
         with mlflow.start_run(run_name=name, nested=True):
             mlflow.set_tags({"stage": name, "store_key": key, "reused": str(reused)})
             tracking.log_params(params if isinstance(params, dict) else {"params": params})
@@ -85,6 +91,17 @@ class Stages:
         return result
 
 
+@contextlib.contextmanager
+def _stage_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)   # released by the OS if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def with_lm_usage(fn: Callable[[Path], dict], lm: Any) -> Callable[[Path], dict]:
     """A stage function whose metrics also hold the LM calls, tokens and cost it spent (with an LM)."""
     if lm is None:
@@ -93,7 +110,8 @@ def with_lm_usage(fn: Callable[[Path], dict], lm: Any) -> Callable[[Path], dict]
 
     def run(out: Path) -> dict:
         before = history_ids(lm)
-        return {**fn(out), **lm_usage(lm, before)}
+        metrics = fn(out)   # with executor=ray it already holds the workers' LM usage: add ours to it
+        return {**metrics, **{k: round(metrics.get(k, 0) + v, 6) for k, v in lm_usage(lm, before).items()}}
 
     return run
 
@@ -126,11 +144,7 @@ def check_installed(specs: dict[str, dict], install_dir: Path) -> None:
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     """Run the whole experiment described by ``cfg``; returns the summary (also summary.json)."""
-    import mlflow
-
     from programs.lm import configure_lm
-
-    from . import tracking
 
     conf = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(run_dir or _hydra_output_dir() or Path(conf["paths"]["outputs"]) / "runs" /
@@ -142,8 +156,26 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
     seed = int(conf["seed"])
     lm = configure_lm(conf.get("lm"))
     started = time.perf_counter()
+    try:
+        runner = executor.make_executor(conf.get("executor"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     summary: dict = {"name": conf["name"], "seed": seed, "run_dir": str(run_dir), "version": __version__,
-                     "choices": _hydra_choices(), "lm": (conf.get("lm") or {}).get("model"), "stages": {}}
+                     "choices": _hydra_choices(), "overrides": _hydra_overrides(), "sweep": _hydra_sweep(),
+                     "executor": executor.describe(runner), "lm": (conf.get("lm") or {}).get("model"),
+                     "stages": {}}
+    try:
+        return _run(cfg, conf, run_dir, specs, seed, lm, started, summary, runner)
+    finally:
+        runner.close()
+
+
+def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm: Any, started: float,
+         summary: dict, runner: executor.Executor) -> dict:
+    import mlflow
+
+    from . import tracking
+
     stages = Stages(StageStore(conf["paths"]["store"]), bool(conf.get("resume", True)), summary)
     exp_id = tracking.setup(conf["mlflow"]["tracking_uri"], conf["mlflow"]["experiment"],
                             conf["mlflow"].get("artifact_location"))
@@ -151,6 +183,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         summary["mlflow"] = {"tracking_uri": conf["mlflow"]["tracking_uri"], "experiment_id": exp_id,
                              "run_id": parent.info.run_id}
         mlflow.set_tags({"experiment": conf["name"], "run_dir": str(run_dir), "seed": str(seed),
+                         "overrides": " ".join(summary["overrides"]), "executor": runner.kind,
+                         **({"sweep_dir": summary["sweep"]["dir"], "sweep_job": str(summary["sweep"]["job"])}
+                            if summary["sweep"] else {}),
                          **{f"choice.{k}": str(v) for k, v in summary["choices"].items()}})
         tracking.log_params({"seed": seed, "name": conf["name"], **{f"choice.{k}": v for k, v in
                                                                      summary["choices"].items()}})
@@ -205,8 +240,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         explore_st = stages.run(
             "explorer", {**e, "seed": seed, "lm": summary["lm"] if e["kind"] == "dspy" else None},
             {"sampler": dags_st, "servers": tools_st},
-            with_lm_usage(lambda out: explorer.explore(dags, tools, specs, install_dir, sandbox_root, out, seed,
-                                                       explorer.make_proposer(e["kind"], lm), settings), lm),
+            with_lm_usage(lambda out: executor.explore(runner, dags, tools, specs, install_dir, sandbox_root, out, seed,
+                                                       e["kind"], conf.get("lm"), lm, settings), lm),
             (explorer,), ())
         trajectories, calls = explorer.load_trajectories(explore_st.folder)
 
@@ -258,10 +293,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         tasks_st = stages.run(
             "synthesizer", {**y, "seed": seed, "lm": summary["lm"] if y["kind"] == "dspy" or judge else None},
             {"explorer": explore_st, "simulator": sim_st},
-            with_lm_usage(lambda out: synthesizer.synthesize_tasks(
-                trajectories, calls, {d["id"]: d for d in dags}, tool_rows, sim, out, seed,
-                **{k: v for k, v in y.items() if k not in ("kind", "judge")}, kind=y["kind"], writer=writer,
-                judge=judge, live_check=live_check), lm),
+            with_lm_usage(lambda out: executor.synthesize(
+                runner, trajectories, calls, {d["id"]: d for d in dags}, tool_rows, sim, sim_st.folder, tools, out,
+                seed, {k: v for k, v in y.items() if k not in ("kind", "judge")}, y["kind"], conf.get("lm"),
+                writer=writer, judge=judge, live_check=live_check), lm),
             (synthesizer, live, embeddings), ("tasks.jsonl",))
         tasks = read_jsonl(tasks_st.folder / "tasks.jsonl")
 
@@ -305,7 +340,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         eval_st = stages.run(
             "eval", {**v, "seed": seed}, {"synthesizer": tasks_st, "simulator": sim_st},
             lambda out: evaluate.evaluate(held_out, simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs),
-                                          {p: policies[p] for p in v["policies"]}, out, seed, v["k"]),
+                                          {p: policies[p] for p in v["policies"]}, out, seed, v["k"],
+                                          v.get("reward", "binary")),
             (evaluate,), ("eval.json",))
 
         summary["wall_s"] = round(time.perf_counter() - started, 3)
@@ -319,9 +355,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         summary["simulator"] = {"reward_flip_rate": fid_st.metrics["calls"]["reward_flip_rate"],
                                 "reward_flip_rate_trajectories": fid_st.metrics["trajectories"]["reward_flip_rate"],
                                 "hits": eval_st.metrics["simulator_hits"], "fidelity": fid_st.metrics}
+        summary["cost"] = {"lm_cost_usd": round(sum(st.get("metrics", {}).get("lm_cost_usd") or 0
+                                                    for st in summary["stages"].values()), 6),
+                           "lm_calls": sum(st.get("metrics", {}).get("lm_calls") or 0
+                                           for st in summary["stages"].values())}
         tracking.log_metrics({**{f"count.{k}": v for k, v in summary["counts"].items()},
                               **{f"tasks.{k}": v for k, v in summary["tasks"].items()},
                               **{f"eval.{p}.{m}": x for p, ms in summary["eval"].items() for m, x in ms.items()},
+                              **{f"simulator.{k}": summary["simulator"][k] for k in
+                                 ("reward_flip_rate", "reward_flip_rate_trajectories", "hits")},
+                              **{f"cost.{k}": v for k, v in summary["cost"].items()},
+                              "stages_reused": sum(bool(st.get("reused")) for st in summary["stages"].values()),
                               "wall_s": summary["wall_s"]})
         write_json_atomic(run_dir / "summary.json", summary)
         mlflow.log_artifact(str(run_dir / "summary.json"))
@@ -355,6 +399,30 @@ def _hydra_output_dir() -> str | None:
 
         return HydraConfig.get().runtime.output_dir
     except Exception:  # noqa: BLE001 - not running under @hydra.main (tests, library use)
+        return None
+
+
+def _hydra_overrides() -> list[str]:
+    """The command-line overrides of this job (a sweep job's own values), as Hydra recorded them."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def _hydra_sweep() -> dict | None:
+    """The sweep folder and this job's number when running under ``-m``, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        return {"dir": str(Path(hc.sweep.dir).resolve()), "job": int(hc.job.num)}
+    except Exception:  # noqa: BLE001
         return None
 
 

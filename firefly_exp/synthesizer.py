@@ -261,6 +261,16 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
     one answer call must have received a value from an earlier call, which the question never states.
     ``single_call`` (``fallback|always|never``): one-call tasks from a trajectory only when it gives no
     chained task, always, or never."""
+    check_options(kind, split, determinism, single_call, writer, live_check)
+    candidates, rejected = candidate_tasks(trajectories, calls, dags, tools, simulator, seed, kind,
+                                           tasks_per_trajectory, max_fields, max_value_len, include_partial,
+                                           require_chain, single_call, writer)
+    return finish_tasks(candidates, rejected, len(trajectories), out_dir, seed, test_fraction, split,
+                        near_duplicate_threshold, determinism, judge_min_score, judge, live_check)
+
+
+def check_options(kind: str, split: str, determinism: str, single_call: str = "fallback", writer=None,
+                  live_check=None) -> None:
     if split not in SPLITS:
         raise ValueError(f"synthesizer.split={split!r}: choose from {', '.join(SPLITS)}")
     if determinism not in ("off", "exclude", "drop"):
@@ -271,10 +281,21 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
         raise ValueError("synthesizer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use synthesizer=template")
     if single_call not in SINGLE_CALL:
         raise ValueError(f"synthesizer.single_call={single_call!r}: choose from {', '.join(SINGLE_CALL)}")
+
+
+def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str, dict], tools: dict,
+                    simulator: Simulator, seed: int, kind: str = "template", tasks_per_trajectory: int = 2,
+                    max_fields: int = 3, max_value_len: int = 80, include_partial: bool = True,
+                    require_chain: bool = True, single_call: str = "fallback",
+                    writer=None) -> tuple[list[dict], Counter]:
+    """The verified tasks of each trajectory, in trajectory order, before deduplication.
+
+    Each trajectory is handled on its own (its random choices derive from the seed and its DAG id),
+    so trajectories can be split across workers and the results concatenated in order
+    (``executor=ray``); :func:`finish_tasks` then does what needs them all."""
     by_seq = {(c["episode"], c["seq"]): c for c in calls}
     rejected: Counter = Counter()
     tasks: list[dict] = []
-    seen: set[str] = set()
     for traj in trajectories:
         if not traj["steps"] or (traj["status"] != "complete" and not include_partial):
             continue
@@ -354,15 +375,29 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
             if reason:
                 rejected[reason] += 1
                 continue
-            dedup = stable_hash([normalise(task["question"]), {k: normalise(v) for k, v in answer.items()}])
-            # the same gold chain with the same answer is the same task, however it is worded (and
-            # would leak across a split by DAG when two DAGs recorded it)
-            same_task = stable_hash([task["gold_calls"], {k: normalise(v) for k, v in answer.items()}])
-            if dedup in seen or same_task in seen:
-                rejected["duplicate"] += 1
-                continue
-            seen.update((dedup, same_task))
             tasks.append(task)
+    return tasks, rejected
+
+
+def finish_tasks(candidates: list[dict], rejected: Counter, explored: int, out_dir: Path, seed: int,
+                 test_fraction: float = 0.3, split: str = "random", near_duplicate_threshold: float | None = None,
+                 determinism: str = "off", judge_min_score: int = 3, judge=None, live_check=None) -> dict:
+    """Deduplicate the verified candidates (in order), then judge, determinism, near-duplicates and the
+    split; writes ``tasks.jsonl`` and returns the stage metrics."""
+    rejected = Counter(rejected)
+    tasks: list[dict] = []
+    seen: set[str] = set()
+    for task in candidates:
+        answer = task["answer"]
+        dedup = stable_hash([normalise(task["question"]), {k: normalise(v) for k, v in answer.items()}])
+        # the same gold chain with the same answer is the same task, however it is worded (and
+        # would leak across a split by DAG when two DAGs recorded it)
+        same_task = stable_hash([task["gold_calls"], {k: normalise(v) for k, v in answer.items()}])
+        if dedup in seen or same_task in seen:
+            rejected["duplicate"] += 1
+            continue
+        seen.update((dedup, same_task))
+        tasks.append(task)
     extra: dict = {}
     if judge is not None:
         tasks, extra["judge_keep_rate"] = judge_filter(tasks, judge, judge_min_score, rejected)
@@ -372,7 +407,6 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
         tasks = remove_near_duplicates(tasks, near_duplicate_threshold, rejected)
     assign_splits(tasks, split, test_fraction, seed)
     write_jsonl(Path(out_dir) / "tasks.jsonl", tasks)
-    explored = sum(1 for t in trajectories)
     return {"tasks": len(tasks), "train": sum(t["split"] == "train" for t in tasks), "split_strategy": split,
             **extra,
             "test": sum(t["split"] == "test" for t in tasks),
