@@ -327,6 +327,8 @@ def _eval_policies(v: dict, tool_schemas: dict, descriptions: dict, train_st: St
                                      "random": evaluate.make_random_policy(tool_schemas)}
     skipped: dict[str, str] = {}
     temperature = float(v.get("temperature", 1.0)) if int(v["k"]) > 1 else 0.0
+    if train_st is not None:
+        train_policy_mod.set_threads(tr["policy"])
     for name in ("sft", "grpo"):
         if train_st is None:
             skipped[name] = "train=none"

@@ -34,8 +34,8 @@ def _kv():
     return tools, calls, tasks
 
 
-TINY = {"kind": "tiny", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2,
-        "max_seq_len": 256, "device": "cpu", "tools_in_prompt": "schemas", "max_turns": 3, "max_new_tokens": 24,
+TINY = {"kind": "tiny", "vocab_size": 400, "hidden_size": 48, "intermediate_size": 96, "layers": 1, "heads": 2,
+        "max_seq_len": 256, "device": "cpu", "threads": 1, "tools_in_prompt": "names", "max_turns": 3, "max_new_tokens": 40,
         "max_response_chars": 100}
 
 
@@ -63,7 +63,7 @@ def test_grpo_trains_the_tiny_policy_inside_the_simulator(tmp_path):
         return sims[-1]
 
     m = train_policy(tasks, make_sim, {"kv/get": KV_SCHEMA}, {"kv/get": "read a key"}, tmp_path, 0, TINY,
-                     {"epochs": 25, "lr": 3e-3, "batch_size": 8},
+                     {"epochs": 40, "lr": 1e-2, "batch_size": 9},
                      {"steps": 2, "group_size": 4, "prompts_per_step": 2, "lr": 1e-3, "kl_coef": 0.0},
                      {"binary": 1.0, "format": 0.1}, curve_every=1)
     assert m["grpo"]["steps"] == 2 and m["grpo"]["weights_delta_l2"] > 0
@@ -103,7 +103,7 @@ def test_policy_configs_compose_and_validate(config):
         p = cfg["train"]["policy"]
         assert cfg["train"]["enabled"] and p["kind"] in ("tiny", "hf")
         settings_from(p)
-        assert set(p) - {"kind", "name_or_path", "dtype", "device", "attn_implementation", "vocab_size",
+        assert set(p) - {"kind", "name_or_path", "dtype", "device", "threads", "attn_implementation", "vocab_size",
                          "hidden_size", "intermediate_size", "layers", "heads"} <= set(PolicySettings.__dataclass_fields__)
         if p["kind"] == "hf":
             assert isinstance(getattr(torch, p["dtype"]), torch.dtype) and p["name_or_path"]

@@ -94,6 +94,7 @@ def build_policy(spec: dict, seed: int, corpus: list[str]):
     """(model, tokenizer) for a ``conf/train/policy/`` entry."""
     import transformers
 
+    set_threads(spec)
     torch.manual_seed(seed)
     if spec["kind"] == "tiny":
         tok = train_tokenizer(corpus, int(spec["vocab_size"]))
@@ -115,6 +116,13 @@ def build_policy(spec: dict, seed: int, corpus: list[str]):
         raise ValueError(f"train.policy.kind={spec['kind']!r}: use tiny or hf")
     tok.padding_side = "left"
     return model.to(spec.get("device", "cpu")), tok
+
+
+def set_threads(spec: dict) -> None:
+    """``threads`` in a CPU policy's config caps torch's intra-op threads: small models on a shared machine run
+    many times faster on one thread than fighting over several."""
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
 
 
 def load_policy(folder: Path, device: str = "cpu"):
