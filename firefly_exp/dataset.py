@@ -74,14 +74,14 @@ def task_row(task: dict, tools: dict[str, dict]) -> dict:
     return {"id": task["id"], "split": task["split"], "question": task["question"],
             "messages": task_messages(task, specs), "tools": specs,
             "answer_schema": task["answer_schema"], "answer": task["answer"], "gold_calls": task["gold_calls"],
-            "provenance": task["provenance"], "difficulty": task["difficulty"],
+            "provenance": task["provenance"], "difficulty": task["difficulty"], "chain": task.get("chain", []),
             "n_calls": task["difficulty"]["calls"], "n_servers": task["difficulty"]["servers"],
             "depth": task["difficulty"]["depth"], "servers": sorted({c["server"] for c in task["gold_calls"]}),
             "volatile_fields": task.get("volatile_fields", []),
             "dag_id": task["dag_id"], "synthesizer": task["synthesizer"], "seed": task["seed"]}
 
 
-JSON_COLUMNS = ("tools", "answer_schema", "answer", "gold_calls", "provenance", "difficulty")
+JSON_COLUMNS = ("tools", "answer_schema", "answer", "gold_calls", "provenance", "difficulty", "chain")
 
 
 def to_parquet_row(row: dict) -> dict:
@@ -143,6 +143,7 @@ def task_statistics(tasks: list[dict], explored_dags: int, synth_metrics: dict |
         "answer_fields_mean": round(fields / n, 3),
         "multi_server_fraction": round(sum(t["difficulty"]["servers"] > 1 for t in tasks) / n, 4),
         "multi_step_fraction": round(sum(len(t["gold_calls"]) > 1 for t in tasks) / n, 4),
+        "chained_fraction": synth.get("chained_fraction"),   # multi-step tasks with a value passed along the chain
         "depth_mean": round(sum(t["difficulty"]["depth"] for t in tasks) / n, 3),
         "servers_used": len({c["server"] for t in tasks for c in t["gold_calls"]}),
         "tools_used": len({f"{c['server']}/{c['tool']}" for t in tasks for c in t["gold_calls"]}),

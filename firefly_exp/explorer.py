@@ -153,11 +153,21 @@ class HeuristicProposer:
                     v = get_path(src["value"], path, None)
                     if v is not None and not isinstance(v, (dict, list)):
                         out.append((v, f"edge:{src['step']}:{path}"))
+        hinted = list(ctx.hints.get(f"{ctx.tool['name']}.{name}") or ctx.hints.get(name) or [])
+        # confirmed flow: an earlier result holds a value known to be valid here (a hint), so pass it on
+        known = {h.strip() for h in hinted if isinstance(h, str) and len(h.strip()) >= 3}
+        confirmed = []
+        if known:
+            for obs in reversed(ctx.observations):
+                for path, v in leaves(obs["value"]):
+                    if isinstance(v, str) and v.strip() in known:
+                        confirmed.append((v.strip(), f"pool:{obs['step']}:{path}"))
+        edge_known = [c for c in out if isinstance(c[0], str) and c[0].strip() in known]
+        out = edge_known + confirmed + [c for c in out if c not in edge_known]
         for obs in reversed(ctx.observations):  # values seen earlier under the same name
             for path, v in leaves(obs["value"]):
                 if path.split(".")[-1] == name and v is not None and _short(v):
                     out.append((v, f"pool:{obs['step']}:{path}"))
-        hinted = list(ctx.hints.get(f"{ctx.tool['name']}.{name}") or ctx.hints.get(name) or [])
         ctx.rng.shuffle(hinted)
         out.extend((v, "hint") for v in hinted)
         for key in ("const", "default"):

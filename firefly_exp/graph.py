@@ -19,7 +19,7 @@ it, computed in row blocks together with the similarity and a top-k per source (
 ``flow_score`` is the same score for one pair (the reference the tests compare against).
 
 Writes ``edges.parquet`` (source, target, score, flow, similarity, confidence, evidence, mapping,
-cross_server, observed), ``graph.json`` (networkx node-link), ``graph.png``, ``report.json`` and,
+cross_server, observed), ``nodes.parquet`` (tool, server, domain), ``graph.png``, ``report.json`` and,
 when observations were given, ``inferred_schemas.parquet``.
 """
 
@@ -312,11 +312,16 @@ def score_pairs(rows: list[dict], weights: dict, thresholds: dict, max_out_degre
 def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: dict,
                 max_out_degree: int = 12, lm_judge: dict | None = None, lm=None, embedding: dict | None = None,
                 observed_calls: list[dict] | None = None, cache_dir: str | Path | None = None,
-                infer_schemas: bool = True) -> dict:
+                infer_schemas: bool = True, probe_calls: list[dict] | None = None,
+                hints: dict[str, dict[str, list]] | None = None) -> dict:
     """Score every ordered pair of tools, keep the edges, save them; returns the stage metrics.
 
     ``observed_calls``: the calls of an earlier exploration (optional): they give inferred output
-    schemas (when ``infer_schemas``) and, with ``weights.observed`` > 0, confirmed edges."""
+    schemas (when ``infer_schemas``) and, with ``weights.observed`` > 0, confirmed edges.
+    ``probe_calls``: each tool called once on a seeded sandbox (the probe stage): inferred output
+    schemas, and with ``hints`` (catalog values known valid per tool and parameter) and
+    ``weights.value`` > 0, value evidence: A -> B when a probed result of A holds a value valid for
+    a parameter of B (mapping: that parameter <- the path where A returned it)."""
     from .observed import observed_flow
     from .schemas import infer_output_schemas
 
@@ -324,8 +329,9 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
     rows = tools.sort("tool").to_dicts()
     n = len(rows)
     inferred: dict = {}
-    if observed_calls and infer_schemas:
-        inferred = infer_output_schemas(observed_calls, {r["tool"] for r in rows if not r.get("output_schema")})
+    seen_calls = list(probe_calls or []) + list(observed_calls or [])
+    if seen_calls and infer_schemas:
+        inferred = infer_output_schemas(seen_calls, {r["tool"] for r in rows if not r.get("output_schema")})
         pl.DataFrame([{"tool": t, "inferred_output_schema": json.dumps(s, sort_keys=True),
                        "observed": s.get("x-observed", 0)} for t, s in inferred.items()],
                      schema={"tool": pl.Utf8, "inferred_output_schema": pl.Utf8, "observed": pl.Int64}
@@ -372,6 +378,26 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
             e["mapping"] = {**e["mapping"], **ob["mapping"]}
             e["evidence"] = e["evidence"] + ["observed"]
         agreement.update(_observed_agreement(flows, candidates, known))
+    n_value = 0
+    if probe_calls and hints and float(weights.get("value", 0)) > 0:
+        by_pair = {(e["source"], e["target"]): e for e in candidates}
+        known = {r["tool"] for r in rows}
+        for (src, tgt), mapping in sorted(value_matches(probe_calls, hints).items()):
+            if src not in known or tgt not in known:
+                continue
+            n_value += 1
+            e = by_pair.get((src, tgt))
+            if e is None:
+                e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
+                     "mapping": {}, "evidence": [], "cheap_confidence": None}
+                candidates.append(e)
+                by_pair[(src, tgt)] = e
+            level = "high" if float(weights["value"]) >= 1 else "medium"
+            if e.get("confidence") != "high":
+                e["confidence"] = level
+            e["score"] = max(e["score"], float(thresholds[level]))
+            e["mapping"] = {**e["mapping"], **mapping}
+            e["evidence"] = e["evidence"] + ["value"]
     graph = nx.DiGraph()
     for r in rows:
         graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
@@ -387,13 +413,44 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 "similarity": pl.Float64, "confidence": pl.Utf8, "evidence": pl.Utf8, "mapping": pl.Utf8,
                 "observed": pl.Int64, "cross_server": pl.Boolean})
     frame.write_parquet(out_dir / "edges.parquet")
-    write_json_atomic(out_dir / "graph.json", nx.node_link_data(graph, edges="edges"))
+    pl.DataFrame([{"tool": r["tool"], "server": r["server"], "domain": r["domain"]} for r in rows],
+                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8}).write_parquet(out_dir / "nodes.parquet")
     plot_graph(graph, out_dir / "graph.png")
     metrics = graph_report(frame, n, graph)
-    metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "inferred_schemas": len(inferred),
+    metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
+                    "inferred_schemas": len(inferred),
                     **{f"agreement.{k}": v for k, v in agreement.items()}})
     write_json_atomic(out_dir / "report.json", metrics)
     return metrics
+
+
+def value_matches(calls: list[dict], hints: dict[str, dict[str, list]]) -> dict[tuple[str, str], dict]:
+    """(source tool, target tool) -> {target parameter: path in the source's result} wherever a
+    successful result of the source holds a string hinted as valid for the target's parameter.
+
+    >>> calls = [{"server": "db", "tool": "list_tables", "is_error": False,
+    ...           "content": [{"type": "text", "text": '[["customers"], ["orders"]]'}]}]
+    >>> value_matches(calls, {"db/describe": {"table": ["orders", "x"]}, "db/list_tables": {"q": ["orders"]}})
+    {('db/list_tables', 'db/describe'): {'table': '1.0'}}
+    """
+    from .results import leaves, value_of
+
+    found: dict[str, dict[str, str]] = {}   # value -> {tool: first path where it returned it}
+    for c in calls:
+        if c.get("is_error"):
+            continue
+        tool = f"{c['server']}/{c['tool']}"
+        for path, v in leaves(value_of(c)):
+            if isinstance(v, str) and len(v.strip()) >= 3:
+                found.setdefault(v.strip(), {}).setdefault(tool, path)
+    out: dict[tuple[str, str], dict] = {}
+    for target, params in sorted(hints.items()):
+        for param, values in sorted(params.items()):
+            for h in values:
+                for source, path in sorted((found.get(h.strip()) or {}).items() if isinstance(h, str) else []):
+                    if source != target:
+                        out.setdefault((source, target), {}).setdefault(param, path)
+    return out
 
 
 def graph_report(frame: pl.DataFrame, n: int, graph: nx.DiGraph) -> dict:
@@ -436,10 +493,14 @@ def _observed_agreement(flows: dict, candidates: list[dict], known: set) -> dict
 
 
 def load_graph(folder: Path) -> nx.DiGraph:
-    data = json.loads((Path(folder) / "graph.json").read_text())
-    graph = nx.node_link_graph(data, edges="edges")
-    for _, _, d in graph.edges(data=True):
-        d["mapping"] = json.loads(d["mapping"]) if isinstance(d.get("mapping"), str) else d.get("mapping", {})
+    """The graph saved by :func:`build_graph` (``nodes.parquet`` + ``edges.parquet``), mappings as dicts."""
+    graph = nx.DiGraph()
+    for r in pl.read_parquet(Path(folder) / "nodes.parquet").iter_rows(named=True):
+        graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
+    edges = pl.read_parquet(Path(folder) / "edges.parquet", columns=["source", "target", "score", "confidence", "mapping"])
+    graph.add_edges_from((r["source"], r["target"], {"score": r["score"], "confidence": r["confidence"],
+                                                     "mapping": json.loads(r["mapping"])})
+                         for r in edges.iter_rows(named=True))
     return graph
 
 

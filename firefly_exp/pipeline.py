@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__, dataset, evaluate, explorer, graph, observed, sampler, servers, simulator, synthesizer
+from . import __version__, dataset, evaluate, explorer, graph, observed, probe, sampler, servers, simulator, synthesizer
 from . import embeddings
 from . import train
 from .simulator import fidelity, live, retrieval
@@ -156,16 +156,29 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
         mlflow.log_dict(summary["servers"], "servers.json")
 
         g = conf["graph"]
+        e = conf["explorer"]
+        settings = explorer.ExploreSettings(**{k: v for k, v in e.items() if k in
+                                               explorer.ExploreSettings.__dataclass_fields__})
+        graph_inputs, probe_calls, hints = {"servers": tools_st}, None, None
+        if g.get("probe", True):
+            hints = probe.tool_hints(specs, tools)
+            probe_st = stages.run(
+                "probe", {"seed": seed, "hints": hints, "settings": settings.__dict__}, {"servers": tools_st},
+                lambda out: probe.probe_tools(tools, specs, install_dir, sandbox_root, out, seed, settings),
+                (probe, explorer), ())
+            probe_calls = explorer.load_trajectories(probe_st.folder)[1]
+            graph_inputs["probe"] = probe_st
         observed_calls, observed_key = _observed_calls(g.get("observed_from"))
         graph_st = stages.run(
-            "graph", {**g, "lm": summary["lm"], "observed_key": observed_key}, {"servers": tools_st},
+            "graph", {**g, "lm": summary["lm"], "observed_key": observed_key}, graph_inputs,
             with_lm_usage(lambda out: graph.build_graph(
                 tools, out, g["weights"], g["thresholds"], g["max_out_degree"], g.get("lm_judge"), lm,
                 embedding={k: v for k, v in (g.get("embedding") or {}).items() if k != "cache"},
                 observed_calls=observed_calls, infer_schemas=g.get("infer_schemas", True),
+                probe_calls=probe_calls, hints=hints,
                 cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
                 lm),
-            (graph,), ("edges.parquet", "graph.json", "graph.png", "report.json", "inferred_schemas.parquet"))
+            (graph,), ("edges.parquet", "nodes.parquet", "graph.png", "report.json", "inferred_schemas.parquet"))
         tool_graph = graph.load_graph(graph_st.folder)
 
         s = conf["sampler"]
@@ -175,9 +188,6 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict:
             (sampler,), ("dags.jsonl", "shapes.png"))
         dags = read_jsonl(dags_st.folder / "dags.jsonl")
 
-        e = conf["explorer"]
-        settings = explorer.ExploreSettings(**{k: v for k, v in e.items() if k in
-                                               explorer.ExploreSettings.__dataclass_fields__})
         explore_st = stages.run(
             "explorer", {**e, "seed": seed, "lm": summary["lm"] if e["kind"] == "dspy" else None},
             {"sampler": dags_st, "servers": tools_st},

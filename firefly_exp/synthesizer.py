@@ -61,11 +61,23 @@ def _arg_text(call: dict, steps_by_seq: dict[int, int]) -> str:
         src = (call.get("arg_sources") or {}).get(name, "")
         if src.startswith(("edge:", "pool:")):
             _, step, path = src.split(":", 2)
-            what = path.split(".")[-1] if path else "result"
-            parts.append(f"{name} set to the {what} obtained in step {int(step) + 1}")
+            where = f"{describe_path(path)} in the result" if path else "the result"
+            parts.append(f"{name} set to {where} of step {int(step) + 1}")
         else:
             parts.append(f"{name}={json.dumps(value, ensure_ascii=False)}")
     return (" with " + ", ".join(parts)) if parts else ""
+
+
+def describe_path(path: str) -> str:
+    """Where in a result a value sits, unambiguously.
+
+    >>> describe_path("rows.2.name"), describe_path("0")
+    ('the value at rows[2].name', 'the value at [0]')
+    """
+    out = ""
+    for part in path.split("."):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return f"the value at {out}"
 
 
 def candidate_fields(value: Any, max_len: int) -> list[tuple[str, Any]]:
@@ -81,15 +93,137 @@ def candidate_fields(value: Any, max_len: int) -> list[tuple[str, Any]]:
     return out
 
 
-def _leaks(value: Any, question: str) -> bool:
+def _leaks(value: Any, question: str, strict: bool = False) -> bool:
+    """Whether ``value`` can be read off the question. ``strict`` (for values passed along the chain)
+    ignores small integers, which the question's step numbers would match."""
     text = normalise(question)
     v = normalise(value)
     if isinstance(v, bool) or v is None:
         return False
     if isinstance(v, float):
+        if strict and v.is_integer() and abs(v) < 10:
+            return False
         numbers = {float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", question)}
         return v in numbers
     return len(v) >= 3 and v in text
+
+
+_SOURCE = re.compile(r"^(edge|pool):(\d+):(.*)$")
+SINGLE_CALL = ("fallback", "always", "never")
+
+
+def data_dependencies(gold: list[dict]) -> list[set[int]]:
+    """Per call (by position), the earlier calls whose outputs fed its arguments (``arg_sources``).
+
+    >>> data_dependencies([{"step": 0, "arg_sources": {}}, {"step": 1, "arg_sources": {"q": "hint"}},
+    ...                    {"step": 2, "arg_sources": {"path": "edge:0:files.0.path", "n": "pool:1:count"}}])
+    [set(), set(), {0, 1}]
+    """
+    position = {c.get("step", i): i for i, c in enumerate(gold)}
+    out = []
+    for i, c in enumerate(gold):
+        deps = set()
+        for src in (c.get("arg_sources") or {}).values():
+            m = _SOURCE.match(str(src))
+            j = position.get(int(m.group(2))) if m else None
+            if j is not None and j < i:
+                deps.add(j)
+        out.append(deps)
+    return out
+
+
+def _ancestors(direct: list[set[int]]) -> list[set[int]]:
+    anc: list[set[int]] = []
+    for deps in direct:
+        a = set(deps)
+        for j in deps:
+            a |= anc[j]
+        anc.append(a)
+    return anc
+
+
+def task_variants(gold_full: list[dict], informative: list[int], tools: dict, require_chain: bool = True,
+                  single_call: str = "fallback") -> list[tuple[list[int], list[int]]]:
+    """The questions a trajectory supports, best first: (steps the answer fields come from, the
+    positions of the calls making up the gold chain).
+
+    With ``require_chain``, the chain is the answer calls, their data ancestors and the successful
+    state-changing calls before them (the state the answers were read in), and a multi-step
+    variant exists only where an answer call received a value from an earlier call. Without it, the
+    chain is the whole prefix up to the last answer call (the older behaviour).
+
+    >>> calls = [{"step": 0, "server": "s", "tool": "list", "is_error": False, "arg_sources": {}},
+    ...          {"step": 1, "server": "s", "tool": "stat", "is_error": False, "arg_sources": {}},
+    ...          {"step": 2, "server": "s", "tool": "read", "is_error": False, "arg_sources": {"p": "edge:0:x"}}]
+    >>> tools = {"s/list": {"read_only": True}, "s/stat": {"read_only": True}, "s/read": {"read_only": True}}
+    >>> task_variants(calls, [0, 1, 2], tools)   # the unrelated stat call is not part of the chain
+    [([2], [0, 2]), ([0, 2], [0, 2])]
+    >>> task_variants(calls, [1], tools)          # no chain to ask about: one-call fallback
+    [([1], [1])]
+    """
+    if not require_chain:
+        last = informative[-1]
+        prefix = list(range(last + 1))
+        return [([last], prefix)] + [([k, last], prefix) for k in reversed(informative[:-1])]
+    anc = _ancestors(data_dependencies(gold_full))
+    mutating = [j for j, c in enumerate(gold_full)
+                if not c["is_error"] and not tools[f"{c['server']}/{c['tool']}"]["read_only"]]
+
+    def chain_for(steps: list[int]) -> list[int]:
+        keep: set[int] = set()
+        for k in steps:
+            keep |= {k} | anc[k]
+        for j in mutating:
+            if j < max(steps):
+                keep |= {j} | anc[j]
+        return sorted(keep)
+
+    usable = set(informative)
+    variants = []
+    for k in reversed([k for k in informative if anc[k]]):
+        variants.append(([k], chain_for([k])))
+        variants.extend(([j, k], chain_for([j, k])) for j in sorted(anc[k] & usable, reverse=True))
+    if single_call == "always" or (single_call == "fallback" and not variants):
+        variants.extend(([k], [k]) for k in reversed(informative) if chain_for([k]) == [k])
+    return variants
+
+
+def renumber(gold_full: list[dict], keep: list[int]) -> list[dict]:
+    """The kept calls, their ``arg_sources`` pointing at positions in the kept chain."""
+    position = {gold_full[k].get("step", k): i for i, k in enumerate(keep)}
+    out = []
+    for k in keep:
+        c = dict(gold_full[k])
+        sources = {}
+        for name, src in (c.get("arg_sources") or {}).items():
+            m = _SOURCE.match(str(src))
+            if m and int(m.group(2)) in position:
+                src = f"{m.group(1)}:{position[int(m.group(2))]}:{m.group(3)}"
+            elif m:   # fed by a call outside the chain: say where the value came from, not how
+                src = "given"
+            sources[name] = src
+        c["arg_sources"] = sources
+        out.append(c)
+    return out
+
+
+def chain_passes(gold: list[dict]) -> list[tuple[int, int, str, Any]]:
+    """(from position, to position, parameter, value) for each value passed along a (renumbered) chain."""
+    out = []
+    for i, c in enumerate(gold):
+        for name, src in (c.get("arg_sources") or {}).items():
+            m = _SOURCE.match(str(src))
+            if m and int(m.group(2)) < i:
+                out.append((int(m.group(2)), i, name, c["arguments"].get(name)))
+    return out
+
+
+def chain_depth(gold: list[dict]) -> int:
+    """Calls on the longest data-dependency path of a (renumbered) chain."""
+    depth: list[int] = []
+    for deps in data_dependencies([{**c, "step": i} for i, c in enumerate(gold)]):
+        depth.append(1 + max((depth[j] for j in deps), default=0))
+    return max(depth, default=0)
 
 
 def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
@@ -112,14 +246,21 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                      tasks_per_trajectory: int = 2, max_fields: int = 3, max_value_len: int = 80,
                      include_partial: bool = True, test_fraction: float = 0.3, split: str = "random",
                      near_duplicate_threshold: float | None = None, determinism: str = "off",
-                     judge_min_score: int = 3, writer=None, judge=None, live_check=None) -> dict:
+                     judge_min_score: int = 3, require_chain: bool = True, single_call: str = "fallback",
+                     writer=None, judge=None, live_check=None) -> dict:
     """Write verified tasks to tasks.jsonl; returns the stage metrics.
 
     After verification: the LM ``judge`` (when given) keeps the tasks scoring at least
     ``judge_min_score`` on every criterion; ``determinism`` (``off|exclude|drop``) re-executes the
     gold chains live through ``live_check`` and excludes the volatile fields or drops their tasks;
     near-duplicate questions (cosine >= ``near_duplicate_threshold``) are removed; then ``split``
-    (``random`` by DAG, ``held_out_tools``, ``held_out_servers``) assigns train/test."""
+    (``random`` by DAG, ``held_out_tools``, ``held_out_servers``) assigns train/test.
+
+    ``require_chain``: a multi-step task's gold chain is the answer calls, the calls whose outputs
+    fed them (``arg_sources``, transitively) and the state-changing calls before them, and at least
+    one answer call must have received a value from an earlier call, which the question never states.
+    ``single_call`` (``fallback|always|never``): one-call tasks from a trajectory only when it gives no
+    chained task, always, or never."""
     if split not in SPLITS:
         raise ValueError(f"synthesizer.split={split!r}: choose from {', '.join(SPLITS)}")
     if determinism not in ("off", "exclude", "drop"):
@@ -128,6 +269,8 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
         raise ValueError("synthesizer.determinism needs the live servers (live_check)")
     if kind == "dspy" and writer is None:
         raise ValueError("synthesizer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use synthesizer=template")
+    if single_call not in SINGLE_CALL:
+        raise ValueError(f"synthesizer.single_call={single_call!r}: choose from {', '.join(SINGLE_CALL)}")
     by_seq = {(c["episode"], c["seq"]): c for c in calls}
     rejected: Counter = Counter()
     tasks: list[dict] = []
@@ -136,23 +279,25 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
         if not traj["steps"] or (traj["status"] != "complete" and not include_partial):
             continue
         gold_full = [by_seq[(traj["episode"], s["seq"])] for s in traj["steps"]]
-        dag = dags.get(traj["dag_id"], {})
+        # echoes of an argument would be read off the question: not answer material
+        given = json.dumps([c["arguments"] for c in gold_full], ensure_ascii=False, default=str)
         per_step = []
         for k, call in enumerate(gold_full):
             row = tools[f"{call['server']}/{call['tool']}"]
-            per_step.append([] if row["volatile"] else candidate_fields(value_of(call), max_value_len))
-        # variants: answer from the last informative step, then from an earlier step plus the last
+            per_step.append([] if row["volatile"] or call["is_error"] else
+                            [(p, v) for p, v in candidate_fields(value_of(call), max_value_len) if not _leaks(v, given)])
         informative = [k for k, c in enumerate(per_step) if c]
         if not informative:
             rejected["no_answerable_output"] += 1
             continue
-        variants = [[informative[-1]]]
-        for k in reversed(informative[:-1]):
-            variants.append([k, informative[-1]])
-        for v_index, steps in enumerate(variants[:tasks_per_trajectory]):
+        variants = task_variants(gold_full, informative, tools, require_chain, single_call)
+        if not variants:
+            rejected["no_chain_dependency"] += 1
+            continue
+        for v_index, (steps, keep) in enumerate(variants[:tasks_per_trajectory]):
             rng = rng_for(seed, "synth", traj["dag_id"], v_index)
-            last = max(steps)
-            gold = gold_full[: last + 1]
+            gold = renumber(gold_full, keep)
+            position = {k: i for i, k in enumerate(keep)}
             picks: list[tuple[int, str, Any]] = []
             for k in steps:
                 cands = list(per_step[k])
@@ -164,7 +309,7 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                     if key in names_here:
                         continue
                     names_here.add(key)
-                    picks.append((k, path, value))
+                    picks.append((position[k], path, value))
                     if len(names_here) >= quota:
                         break
             fields, answer, provenance, taken = {}, {}, {}, set()
@@ -189,6 +334,10 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                 continue
             if kind != "dspy":
                 question = template_question(gold, tools, fields, rng_for(seed, "synth", traj["dag_id"], v_index))
+            passes = chain_passes(gold)
+            if require_chain and len(gold) > 1 and any(_leaks(v, question, strict=True) for *_, v in passes):
+                rejected["intermediate_leaked_in_question"] += 1   # the chain could be skipped
+                continue
             task = {
                 "question": question, "answer_schema": fields, "answer": answer, "provenance": provenance,
                 "gold_calls": [{"server": c["server"], "tool": c["tool"], "arguments": c["arguments"]} for c in gold],
@@ -196,7 +345,8 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                                   "is_error": c["is_error"]} for c in gold],
                 "tools": sorted(t for t in tools if t.split("/")[0] in {c["server"] for c in gold}),
                 "difficulty": {"calls": len(gold), "servers": len({c["server"] for c in gold}),
-                               "depth": min(dag.get("depth", len(gold)), len(gold))},
+                               "depth": chain_depth(gold)},
+                "chain": [{"from_step": a, "to_step": b, "param": p} for a, b, p, _ in passes],
                 "dag_id": traj["dag_id"], "synthesizer": kind, "seed": seed,
             }
             task["id"] = "task-" + stable_hash([task["question"], task["answer"], task["gold_calls"]], 12)
@@ -231,6 +381,9 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
             "fields_per_task": round(sum(len(t["answer"]) for t in tasks) / max(len(tasks), 1), 3),
             "multi_server_fraction": round(sum(t["difficulty"]["servers"] > 1 for t in tasks) / max(len(tasks), 1), 4),
             "multi_step_fraction": round(sum(len(t["gold_calls"]) > 1 for t in tasks) / max(len(tasks), 1), 4),
+            # multi-step tasks whose answer needs a value passed along the chain (1.0 with require_chain)
+            "chained_fraction": round(sum(bool(t["chain"]) for t in tasks if len(t["gold_calls"]) > 1) /
+                                      max(sum(len(t["gold_calls"]) > 1 for t in tasks), 1), 4),
             **{f"rejected.{k}": v for k, v in sorted(rejected.items())}}
 
 

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
@@ -183,7 +184,7 @@ def test_template_wording_varies_by_shape_and_answer_type():
     assert any("One tool call answers this." in q for q in qs[(1, "num")])
     assert not any("One tool call answers this." in q for q in qs[(2, "num")])
     assert any("numeric values" in q for q in qs[(1, "num")]) and not any("numeric" in q for q in qs[(1, "text")])
-    assert any("value obtained in step 1" in q for q in qs[(2, "text")])
+    assert any("a set to the value at value in the result of step 1" in q for q in qs[(2, "text")])
 
 
 def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
@@ -224,3 +225,45 @@ def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
     with pytest.raises(ValueError, match="determinism needs"):
         synthesizer.synthesize_tasks(trajectories, calls, {}, {r["tool"]: r for r in rows}, sim, tmp_path, 0,
                                      determinism="drop")
+
+
+def test_multi_step_tasks_need_their_chain(tmp_path):
+    """A chain whose last call got a value from the first: the task's gold chain drops the unrelated
+    middle call, never states the passed value, and records the link; without any passed value a
+    multi-step trajectory gives only a one-call task."""
+    from firefly_exp.simulator import Simulator
+
+    def schema(*names):
+        return json.dumps({"type": "object", "properties": {n: {"type": "string"} for n in names}, "required": list(names)})
+
+    rows = [{"tool": f"db/{n}", "server": "db", "name": n, "description": d, "input_schema": schema(*ps),
+             "output_schema": None, "read_only": True, "volatile": False, "domain": "db"}
+            for n, d, ps in (("list_tables", "List the tables.", ()), ("stats", "Database statistics.", ()),
+                             ("describe", "Describe a table.", ("table",)))]
+    tools = {r["tool"]: r for r in rows}
+
+    def call(seq, step, tool, args, text, sources=None, episode="e1", dag="d1"):
+        return {"episode": episode, "dag_id": dag, "dag_index": 0, "seq": seq, "step": step, "server": "db",
+                "tool": tool, "arguments": args, "arg_sources": sources or {}, "is_error": False, "structured": None,
+                "content": [{"type": "text", "text": text}], "fingerprint": "seed", "mutating": False}
+
+    calls = [call(0, 0, "list_tables", {}, '{"tables": ["orders", "customers"]}'),
+             call(1, 1, "stats", {}, '{"size_kb": 512, "engine": "sqlite3"}'),
+             call(2, 2, "describe", {"table": "orders"}, '{"columns": 4, "primary_key": "order_id"}',
+                  {"table": "edge:0:tables.0"}),
+             call(0, 0, "stats", {}, '{"size_kb": 512, "engine": "sqlite3"}', episode="e2", dag="d2"),
+             call(1, 1, "describe", {"table": "customers"}, '{"columns": 3, "primary_key": "customer_id"}',
+                  {"table": "hint"}, episode="e2", dag="d2")]
+    trajectories = [{"dag_id": d, "episode": e, "status": "complete", "index": i,
+                     "steps": [{"seq": c["seq"]} for c in calls if c["episode"] == e]}
+                    for i, (d, e) in enumerate((("d1", "e1"), ("d2", "e2")))]
+    sim = Simulator.from_calls(calls, pl.DataFrame(rows))
+    synthesizer.synthesize_tasks(trajectories, calls, {}, tools, sim, tmp_path, seed=0, tasks_per_trajectory=3)
+    tasks = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    chained = [t for t in tasks if t["dag_id"] == "d1"]
+    assert chained and all([c["tool"] for c in t["gold_calls"]] == ["list_tables", "describe"] for t in chained)
+    for t in chained:
+        assert t["chain"] == [{"from_step": 0, "to_step": 1, "param": "table"}]
+        assert "orders" not in t["question"] and "tables[0] in the result of step 1" in t["question"]
+        assert t["difficulty"]["depth"] == 2 and synthesizer.verify_task(t, sim) is None
+    assert {len(t["gold_calls"]) for t in tasks if t["dag_id"] == "d2"} == {1}

@@ -47,6 +47,14 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
         for value in task["answer"].values():  # no answer is given away in the question
             if isinstance(value, str) and len(value) >= 3:
                 assert value.strip().casefold() not in task["question"].casefold()
+        if len(task["gold_calls"]) > 1:   # a multi-step task needs its chain: a value passed along it, unstated
+            assert task["chain"], task["question"]
+            for link in task["chain"]:
+                assert link["from_step"] < link["to_step"] < len(task["gold_calls"])
+                passed = task["gold_calls"][link["to_step"]]["arguments"][link["param"]]
+                if isinstance(passed, str) and len(passed) >= 3:
+                    assert passed.strip().casefold() not in task["question"].casefold()
+    assert first["stages"]["probe"]["metrics"]["tools_answered"] > 0   # every tool probed before the graph
 
 
 def test_summary_latest_and_mlflow(smoke_runs):
