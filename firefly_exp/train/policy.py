@@ -222,13 +222,25 @@ class LMPolicy:
         self.settings, self.temperature, self.descriptions = settings, temperature, descriptions
 
     def __call__(self, task: dict, episode: Episode, rng: random.Random) -> dict:
-        env = ToolEnvironment(self.sim, max_calls=self.settings.max_turns)
-        env.reset(tools=task["tools"])
-        env.episode = episode      # the evaluator's episode: its calls are what gets scored
-        torch.manual_seed(rng.randrange(2 ** 31))
-        fns = chat.tool_functions(task, self.schemas, self.settings.tools_in_prompt, self.descriptions)
-        out = rollout(self.model, self.tok, [task], [env], [fns], self.settings, self.temperature)[0]
-        return out.answer or {}
+        return self.batch([task], [episode], [rng])[0]
+
+    def batch(self, tasks: list[dict], episodes: list[Episode], rngs: list[random.Random],
+              batch_size: int = 32) -> list[dict]:
+        """Answers for many tasks at once, ``batch_size`` episodes per batched generation."""
+        answers: list[dict] = []
+        for b in range(0, len(tasks), batch_size):
+            envs = []
+            for task, episode in zip(tasks[b:b + batch_size], episodes[b:b + batch_size]):
+                env = ToolEnvironment(self.sim, max_calls=self.settings.max_turns)
+                env.reset(tools=task["tools"])
+                env.episode = episode      # the evaluator's episode: its calls are what gets scored
+                envs.append(env)
+            torch.manual_seed(rngs[b].randrange(2 ** 31))
+            part = tasks[b:b + batch_size]
+            fns = [chat.tool_functions(t, self.schemas, self.settings.tools_in_prompt, self.descriptions) for t in part]
+            answers += [o.answer or {} for o in rollout(self.model, self.tok, part, envs, fns, self.settings,
+                                                        self.temperature)]
+        return answers
 
 
 def settings_from(spec: dict) -> PolicySettings:
