@@ -62,10 +62,14 @@ def test_grpo_trains_the_tiny_policy_inside_the_simulator(tmp_path):
         sims.append(Simulator.from_calls(calls, tools))
         return sims[-1]
 
-    m = train_policy(tasks, make_sim, {"kv/get": KV_SCHEMA}, {"kv/get": "read a key"}, tmp_path, 0, TINY,
-                     {"epochs": 40, "lr": 1e-2, "batch_size": 9},
-                     {"steps": 2, "group_size": 4, "prompts_per_step": 2, "lr": 1e-3, "kl_coef": 0.0},
-                     {"binary": 1.0, "format": 0.1}, curve_every=1)
+    torch.set_grad_enabled(False)   # as the embeddings stage leaves it in a pipeline run: training must not care
+    try:
+        m = train_policy(tasks, make_sim, {"kv/get": KV_SCHEMA}, {"kv/get": "read a key"}, tmp_path, 0, TINY,
+                         {"epochs": 40, "lr": 1e-2, "batch_size": 9},
+                         {"steps": 2, "group_size": 4, "prompts_per_step": 2, "lr": 1e-3, "kl_coef": 0.0},
+                         {"binary": 1.0, "format": 0.1}, curve_every=1)
+    finally:
+        torch.set_grad_enabled(True)
     assert m["grpo"]["steps"] == 2 and m["grpo"]["weights_delta_l2"] > 0
     sft_w = load_policy(tmp_path / "sft")[0].state_dict()
     grpo_w = load_policy(tmp_path / "grpo")[0].state_dict()

@@ -45,6 +45,7 @@ def sft_examples(tok, tasks: list[dict], fns: dict[str, list[dict]], settings: P
     return out
 
 
+@torch.enable_grad()   # another stage (embeddings) may have turned autograd off process-wide
 def sft(model, tok, examples: list[tuple], epochs: int, lr: float, batch_size: int, seed: int) -> list[float]:
     """A plain torch loop over the gold trajectories; returns the loss per epoch."""
     if epochs <= 0:
@@ -142,6 +143,7 @@ def train_policy(tasks: list[dict], make_simulator, schemas: dict[str, dict], de
     return metrics
 
 
+@torch.enable_grad()
 def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: PolicySettings, cfg: dict,
          reward_weights: dict, seed: int, out_dir: Path, curve_tasks: list[dict], curve_every: int,
          schemas: dict, descriptions: dict) -> dict:
