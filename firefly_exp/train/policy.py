@@ -64,7 +64,7 @@ class PolicySettings:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A BPE tokenizer trained on ``texts`` with the Qwen-style chat markup as tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -72,9 +72,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         pre_tokenizers.Split(Regex(PRETOKEN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL + MARKUP,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    # the markup is not "special": decoding with skip_special_tokens (TRL's completions) keeps it, as Qwen's does
+    tok.add_tokens([AddedToken(m, special=False, normalized=False) for m in MARKUP])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=["<|im_start|>"])
     fast.chat_template = TINY_TEMPLATE
