@@ -101,11 +101,21 @@ def evaluate(tasks: list[dict], simulator: Simulator, policies: dict[str, Callab
         for pname, policy in policies.items():
             rewards, any_pass, n_calls, valid, field_acc = [], [], [], [], []
             by_calls: dict[int, list[float]] = {}
+            # a policy with a ``batch`` method plays all tasks of a sample at once (LM policies: batched generation)
+            batched = {}
+            if hasattr(policy, "batch"):
+                for sample in range(k):
+                    episodes = [simulator.episode() for _ in tasks]
+                    answers = policy.batch(tasks, episodes, [rng_for(seed, "eval", pname, t["id"], sample) for t in tasks])
+                    batched.update({(t["id"], sample): (e, a) for t, e, a in zip(tasks, episodes, answers)})
             for task in tasks:
                 sample_rewards = []
                 for sample in range(k):
-                    episode = simulator.episode()
-                    answer = policy(task, episode, rng_for(seed, "eval", pname, task["id"], sample))
+                    if batched:
+                        episode, answer = batched[(task["id"], sample)]
+                    else:
+                        episode = simulator.episode()
+                        answer = policy(task, episode, rng_for(seed, "eval", pname, task["id"], sample))
                     r = reward_fn(task, answer)
                     sample_rewards.append(r)
                     n_calls.append(len(episode.calls))

@@ -27,7 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import (__version__, dataset, evaluate, executor, explorer, graph, observed, probe, sampler, servers,
                simulator, synthesizer)
 from . import embeddings
+from . import train
 from .simulator import fidelity, live, retrieval
+from .train import chat as train_chat, policy as train_policy_mod, rewards as train_rewards
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
 
@@ -326,23 +328,38 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
         summary["tasks"] = data_st.metrics
         summary["dataset"] = str(data_st.folder)
 
-        if (conf.get("train") or {}).get("enabled"):
-            raise ConfigError("train.enabled=true: GRPO training is not implemented yet; use train=none")
-        summary["stages"]["train"] = {"skipped": True, "reason": "train=none"}
+        tool_schemas = evaluate.tool_schemas(tools.to_dicts())
+        descriptions = {r["tool"]: r.get("description") or "" for r in tools.to_dicts()}
+        tr = conf.get("train") or {}
+        train_st = None
+        if tr.get("enabled"):
+            train_st = stages.run(
+                "train", {k: v for k, v in tr.items() if k != "enabled"}, {"synthesizer": tasks_st, "simulator": sim_st},
+                lambda out: train.train_policy(
+                    tasks, lambda: simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs), tool_schemas,
+                    descriptions, out, int(tr["seed"]), tr["policy"], tr["sft"], tr["grpo"], tr["rewards"],
+                    tr["curve"]["split"], int(tr["curve"]["every"]), int(tr["curve"]["max_tasks"])),
+                (train, train_policy_mod, train_chat, train_rewards), ("curves.json", "curves.png"),
+                log=train.log_to_mlflow)
+        else:
+            summary["stages"]["train"] = {"skipped": True, "reason": "train=none"}
 
         v = conf["eval"]
         held_out = [t for t in tasks if t["split"] == v["split"]]
-        policies = {"gold": evaluate.gold_policy,
-                    "random": evaluate.make_random_policy(evaluate.tool_schemas(tools.to_dicts()))}
-        unknown = [p for p in v["policies"] if p not in policies]
+        eval_sim = simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs)
+        policies, skipped = _eval_policies(v, tool_schemas, descriptions, train_st, tr, lm, eval_sim)
+        unknown = [p for p in v["policies"] if p not in policies and p not in skipped]
         if unknown:
-            raise ConfigError(f"unknown eval policy {unknown}: choose from {sorted(policies)} (eval.policies)")
+            raise ConfigError(f"unknown eval policy {unknown}: choose from {sorted([*policies, *skipped])} "
+                              f"(eval.policies)")
         eval_st = stages.run(
-            "eval", {**v, "seed": seed}, {"synthesizer": tasks_st, "simulator": sim_st},
-            lambda out: evaluate.evaluate(held_out, simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs),
-                                          {p: policies[p] for p in v["policies"]}, out, seed, v["k"],
-                                          v.get("reward", "binary")),
-            (evaluate,), ("eval.json",))
+            "eval", {**v, "seed": seed}, {"synthesizer": tasks_st, "simulator": sim_st,
+                                          **({"train": train_st} if train_st else {})},
+            lambda out: {**evaluate.evaluate(held_out, eval_sim, {p: policies[p] for p in v["policies"]
+                                                                  if p in policies}, out, seed, v["k"],
+                                               v.get("reward", "binary")),
+                         "skipped": skipped},
+            (evaluate, train_policy_mod), ("eval.json",))
 
         summary["wall_s"] = round(time.perf_counter() - started, 3)
         summary["counts"] = {"servers": tools_st.metrics["servers"], "tools": tools_st.metrics["tools"],
@@ -371,6 +388,32 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
         mlflow.log_artifact(str(run_dir / "summary.json"))
     _point_latest(Path(conf["paths"]["outputs"]), run_dir)
     return summary
+
+
+def _eval_policies(v: dict, tool_schemas: dict, descriptions: dict, train_st: StageResult | None, tr: dict,
+                   lm: Any, sim: "simulator.Simulator") -> tuple[dict[str, Callable], dict[str, str]]:
+    """The evaluation policies available in this run, and why the others listed in eval.policies are skipped."""
+    policies: dict[str, Callable] = {"gold": evaluate.gold_policy,
+                                     "random": evaluate.make_random_policy(tool_schemas)}
+    skipped: dict[str, str] = {}
+    temperature = float(v.get("temperature", 1.0)) if int(v["k"]) > 1 else 0.0
+    if train_st is not None:
+        train_policy_mod.set_threads(tr["policy"])
+    for name in ("sft", "grpo"):
+        if train_st is None:
+            skipped[name] = "train=none"
+        elif name in v["policies"]:
+            model, tok = train_policy_mod.load_policy(train_st.folder / name, tr["policy"].get("device", "cpu"))
+            policies[name] = train_policy_mod.LMPolicy(model, tok, sim, tool_schemas,
+                                                       train_policy_mod.settings_from(tr["policy"]), temperature,
+                                                       descriptions)
+    if lm is None:
+        skipped["dspy_react"] = "lm=none"
+    elif "dspy_react" in v["policies"]:
+        from programs.react import ReActPolicy
+
+        policies["dspy_react"] = ReActPolicy(lm, sim, tool_schemas, descriptions, temperature=temperature)
+    return policies, skipped
 
 
 def _save_json(path: Path, metrics: dict) -> dict:
