@@ -357,47 +357,39 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
             edge["evidence"] = edge["evidence"] + ["lm_judge"]
         agreement.update(_agreement([e for e in top if "lm_confidence" in e], "lm", thresholds))
         candidates = [e for e in candidates if e["confidence"]]
+    known = {r["tool"] for r in rows}
+    by_pair = {(e["source"], e["target"]): e for e in candidates}
+
+    def confirm(src: str, tgt: str, level: str, mapping: dict, evidence: str) -> dict:
+        """Raise (or add) the edge src -> tgt to ``level`` with ``mapping`` on top of the cheap one."""
+        e = by_pair.get((src, tgt))
+        if e is None:
+            e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
+                 "mapping": {}, "evidence": [], "cheap_confidence": None}
+            candidates.append(e)
+            by_pair[(src, tgt)] = e
+        if e.get("confidence") != "high":
+            e["confidence"] = level
+        e["score"] = max(e["score"], float(thresholds[level]))
+        e["mapping"] = {**e["mapping"], **mapping}
+        e["evidence"] = e["evidence"] + [evidence]
+        return e
+
     n_observed = 0
     if observed_calls and float(weights.get("observed", 0)) > 0:
         flows = observed_flow(observed_calls)
-        by_pair = {(e["source"], e["target"]): e for e in candidates}
-        known = {r["tool"] for r in rows}
         for (src, tgt), ob in sorted(flows.items()):
-            if src not in known or tgt not in known or src == tgt:
-                continue
-            n_observed += 1
-            e = by_pair.get((src, tgt))
-            if e is None:
-                e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
-                     "mapping": {}, "evidence": [], "cheap_confidence": None}
-                candidates.append(e)
-                by_pair[(src, tgt)] = e
-            e["observed"] = ob["n"]
-            e["confidence"] = "high"
-            e["score"] = max(e["score"], float(thresholds["high"]))
-            e["mapping"] = {**e["mapping"], **ob["mapping"]}
-            e["evidence"] = e["evidence"] + ["observed"]
+            if src in known and tgt in known and src != tgt:
+                n_observed += 1
+                confirm(src, tgt, "high", ob["mapping"], "observed")["observed"] = ob["n"]
         agreement.update(_observed_agreement(flows, candidates, known))
     n_value = 0
     if probe_calls and hints and float(weights.get("value", 0)) > 0:
-        by_pair = {(e["source"], e["target"]): e for e in candidates}
-        known = {r["tool"] for r in rows}
+        level = "high" if float(weights["value"]) >= 1 else "medium"
         for (src, tgt), mapping in sorted(value_matches(probe_calls, hints).items()):
-            if src not in known or tgt not in known:
-                continue
-            n_value += 1
-            e = by_pair.get((src, tgt))
-            if e is None:
-                e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
-                     "mapping": {}, "evidence": [], "cheap_confidence": None}
-                candidates.append(e)
-                by_pair[(src, tgt)] = e
-            level = "high" if float(weights["value"]) >= 1 else "medium"
-            if e.get("confidence") != "high":
-                e["confidence"] = level
-            e["score"] = max(e["score"], float(thresholds[level]))
-            e["mapping"] = {**e["mapping"], **mapping}
-            e["evidence"] = e["evidence"] + ["value"]
+            if src in known and tgt in known:
+                n_value += 1
+                confirm(src, tgt, level, mapping, "value")
     graph = nx.DiGraph()
     for r in rows:
         graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
