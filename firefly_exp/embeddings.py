@@ -37,7 +37,6 @@ def _encoder(quantize: bool):
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
 
-    torch.set_grad_enabled(False)
     d = _model_dir()
     w = load_file(str(d / "model.safetensors"))
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
@@ -129,7 +128,8 @@ def _encode(texts: list[str], batch_size: int, max_seq_length: int, quantize: bo
             n = len(encs[i].ids)
             ids[r, :n] = torch.tensor(encs[i].ids)
             mask[r, :n] = 1
-        out[idx] = model(ids, mask).numpy()
+        with torch.inference_mode():   # local: never turns autograd off for the rest of the process
+            out[idx] = model(ids, mask).numpy()
     return out
 
 
