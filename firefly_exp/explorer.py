@@ -123,6 +123,11 @@ def _short(value: Any) -> bool:
     return not isinstance(value, str) or (0 < len(value) <= 300)
 
 
+def hinted_values(hints: dict, tool: str, param: str) -> list:
+    """A catalog's hinted values for ``tool``'s ``param``: ``<tool>.<param>`` takes precedence over ``<param>``."""
+    return list(hints.get(f"{tool}.{param}") or hints.get(param) or [])
+
+
 class HeuristicProposer:
     """Schema- and data-flow-guided argument builder (no LM): see the module docstring."""
 
@@ -154,7 +159,7 @@ class HeuristicProposer:
                     v = get_path(src["value"], path, None)
                     if v is not None and not isinstance(v, (dict, list)):
                         out.append((v, f"edge:{src['step']}:{path}"))
-        hinted = list(ctx.hints.get(f"{ctx.tool['name']}.{name}") or ctx.hints.get(name) or [])
+        hinted = hinted_values(ctx.hints, ctx.tool["name"], name)
         # confirmed flow: an earlier result holds a value known to be valid here (a hint), so pass it on
         known = {h.strip() for h in hinted if isinstance(h, str) and len(h.strip()) >= 3}
         confirmed = []

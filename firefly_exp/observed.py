@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re
 
-_SOURCE = re.compile(r"^(edge|pool):(\d+):(.*)$")
+# an argument value taken from an earlier result: edge:<step>:<path> or pool:<step>:<path>
+SOURCE = re.compile(r"^(edge|pool):(\d+):(.*)$")
 
 
 def _passes(calls: list[dict]):
@@ -35,7 +36,7 @@ def _passes(calls: list[dict]):
         if c.get("is_error"):
             continue
         for param, src in (c.get("arg_sources") or {}).items():
-            m = _SOURCE.match(str(src))
+            m = SOURCE.match(str(src))
             if not m:
                 continue
             step = int(m.group(2))

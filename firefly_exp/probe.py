@@ -11,6 +11,7 @@ parameter (a catalog hint, e.g. a table name, a file path, a commit hash) can fe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -31,7 +32,7 @@ def probe_tools(tools: pl.DataFrame, specs: dict, install_dir: Path, sandbox_roo
     returns the stage metrics."""
     metrics = explorer.explore(probe_dags(tools), tools, specs, install_dir, Path(sandbox_root) / "probe", out_dir,
                                seed, explorer.HeuristicProposer(), settings)
-    trajs, calls = explorer.load_trajectories(out_dir)
+    _, calls = explorer.load_trajectories(out_dir)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
             "tools": len(tools), "tools_answered": len(answered),
@@ -40,14 +41,12 @@ def probe_tools(tools: pl.DataFrame, specs: dict, install_dir: Path, sandbox_roo
 
 def tool_hints(specs: dict, tools: pl.DataFrame) -> dict[str, dict[str, list]]:
     """Per tool, per parameter, the catalog's hinted values (``<tool>.<param>`` over ``<param>``)."""
-    import json
-
     out: dict[str, dict[str, list]] = {}
     for row in tools.to_dicts():
         hints = (specs.get(row["server"]) or {}).get("hints") or {}
         name = row["tool"].split("/", 1)[1]
         params = (json.loads(row["input_schema"]) or {}).get("properties") or {}
-        found = {p: list(hints.get(f"{name}.{p}") or hints.get(p) or []) for p in params}
+        found = {p: explorer.hinted_values(hints, name, p) for p in params}
         found = {p: v for p, v in found.items() if v}
         if found:
             out[row["tool"]] = found

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .observed import SOURCE
 from .results import answers_match, field_name, get_path, json_type, leaves, normalise, value_of
 from .sampler import rng_for
 from .simulator import Simulator
@@ -108,7 +109,6 @@ def _leaks(value: Any, question: str, strict: bool = False) -> bool:
     return len(v) >= 3 and v in text
 
 
-_SOURCE = re.compile(r"^(edge|pool):(\d+):(.*)$")
 SINGLE_CALL = ("fallback", "always", "never")
 
 
@@ -124,7 +124,7 @@ def data_dependencies(gold: list[dict]) -> list[set[int]]:
     for i, c in enumerate(gold):
         deps = set()
         for src in (c.get("arg_sources") or {}).values():
-            m = _SOURCE.match(str(src))
+            m = SOURCE.match(str(src))
             j = position.get(int(m.group(2))) if m else None
             if j is not None and j < i:
                 deps.add(j)
@@ -196,7 +196,7 @@ def renumber(gold_full: list[dict], keep: list[int]) -> list[dict]:
         c = dict(gold_full[k])
         sources = {}
         for name, src in (c.get("arg_sources") or {}).items():
-            m = _SOURCE.match(str(src))
+            m = SOURCE.match(str(src))
             if m and int(m.group(2)) in position:
                 src = f"{m.group(1)}:{position[int(m.group(2))]}:{m.group(3)}"
             elif m:   # fed by a call outside the chain: say where the value came from, not how
@@ -212,7 +212,7 @@ def chain_passes(gold: list[dict]) -> list[tuple[int, int, str, Any]]:
     out = []
     for i, c in enumerate(gold):
         for name, src in (c.get("arg_sources") or {}).items():
-            m = _SOURCE.match(str(src))
+            m = SOURCE.match(str(src))
             if m and int(m.group(2)) < i:
                 out.append((int(m.group(2)), i, name, c["arguments"].get(name)))
     return out
