@@ -272,6 +272,7 @@ class ExploreSettings:
     include_optional_prob: float = 0.5
     keep_sandboxes: bool = False
     warm_stateful: bool = True    # reuse sandbox folders and the processes of `reset: files` servers across DAGs
+    warm_all: bool = False        # keep `reset: restart` servers warm too (the probe's one session per server)
 
 
 @dataclass
@@ -399,7 +400,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                 h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
                                  settings.call_timeout_s, log_dir=sandbox / ".logs")
                 await h.start()
-                if slot is not None and specs[server].get("reset") == "files":
+                if slot is not None and (specs[server].get("reset") == "files" or settings.warm_all):
                     slot.handles[server] = h
                     pool.warm_starts += 1
             handles[server] = h
