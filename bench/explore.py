@@ -12,7 +12,10 @@ On the smoke servers (conf/servers/smoke.yaml), in this one process:
 - ``recording_overhead_ratio``: seconds per call through the whole explorer (one-call DAGs on a pooled
   server: proposer, call, record flushed per call and fsynced per DAG) over the bare loop.
 - ``concurrency_speedup``: DAGs/s of one DAG set explored with ``explorer.concurrency=N`` over the same
-  set explored one DAG at a time (fresh sandbox and fresh stateful servers per DAG, as in a run).
+  set explored one DAG at a time (both as in a run: warm ``reset: files`` servers, sandboxes restored).
+- ``warm_speedup``: DAGs/s of that set at concurrency N with warm stateful servers
+  (``explorer.warm_stateful=true``: processes kept, sandbox files restored between DAGs) over the
+  same set with a fresh sandbox copy and fresh stateful server processes per DAG (``false``).
 
 Writes ``outputs/bench/explore.json`` and prints it.
 """
@@ -89,12 +92,12 @@ async def _per_call(spec: dict, install_dir: Path, sandbox: Path, calls: int, ro
             "call_overhead_ratio_rounds": [round(r, 4) for r in ratios]}
 
 
-def _explore(dags, tools, specs, install_dir, work: Path, concurrency: int) -> tuple[float, dict]:
+def _explore(dags, tools, specs, install_dir, work: Path, concurrency: int, warm: bool = True) -> tuple[float, dict]:
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     t = time.perf_counter()
     metrics = explore(dags, tools, specs, install_dir, work / "sb", work / "out", 0, HeuristicProposer(),
-                      ExploreSettings(concurrency=concurrency))
+                      ExploreSettings(concurrency=concurrency, warm_stateful=warm))
     return time.perf_counter() - t, metrics
 
 
@@ -131,25 +134,31 @@ def main() -> dict:
              "edges": [{"source": x, "target": y, "mapping": {}} for x, y in zip(shapes[i % len(shapes)],
                                                                                  shapes[i % len(shapes)][1:])]}
             for i in range(a.dags)]
-    seq, par = [], []
-    for _ in range(a.repeats):   # alternate, so drifting load elsewhere hits both
+    seq, par, cold = [], [], []
+    for _ in range(a.repeats):   # alternate, so drifting load elsewhere hits all three alike
         wall_1, m1 = _explore(dags, tools, specs, install_dir, work / "seq", 1)
         wall_n, mn = _explore(dags, tools, specs, install_dir, work / "par", a.concurrency)
-        assert m1["dags"] == mn["dags"] == len(dags) and m1["calls"] == mn["calls"]
+        wall_c, mc = _explore(dags, tools, specs, install_dir, work / "cold", a.concurrency, warm=False)
+        assert m1["dags"] == mn["dags"] == mc["dags"] == len(dags) and m1["calls"] == mn["calls"] == mc["calls"]
         seq.append(len(dags) / wall_1)
         par.append(len(dags) / wall_n)
+        cold.append(len(dags) / wall_c)
     report.update({
         "dags": len(dags), "concurrency": a.concurrency,
         "dags_per_s_sequential": round(statistics.median(seq), 4),
         "dags_per_s_concurrent": round(statistics.median(par), 4),
         "concurrency_speedup": round(statistics.median(p / s for p, s in zip(par, seq)), 4),
         "concurrency_speedup_repeats": [round(p / s, 4) for p, s in zip(par, seq)],
+        "dags_per_s_cold": round(statistics.median(cold), 4),
+        "warm_speedup": round(statistics.median(p / c for p, c in zip(par, cold)), 4),
+        "warm_speedup_repeats": [round(p / c, 4) for p, c in zip(par, cold)],
         "loadavg_end": os.getloadavg(),
     })
     shutil.rmtree(work, ignore_errors=True)
     write_json_atomic(a.out / "explore.json", report)
     print(json.dumps(report, indent=2))
     print(f"call_overhead_ratio {report['call_overhead_ratio']}  concurrency_speedup {report['concurrency_speedup']}"
+          f"  warm_speedup {report['warm_speedup']}"
           f"  -> {a.out / 'explore.json'}")
     return report
 

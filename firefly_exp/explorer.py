@@ -41,7 +41,7 @@ from tqdm import tqdm
 from .mcp_client import ServerHandle, ServerStartError
 from .results import get_path, leaves, result_text, value_of
 from .sampler import rng_for
-from .sandbox import copy_sandbox, seed_sandbox
+from .sandbox import copy_sandbox, restore_sandbox, seed_sandbox, snapshot
 from .simulator import SEED_STATE, canonical_args, next_fingerprint
 from .store import JsonlWriter, read_jsonl
 
@@ -271,6 +271,22 @@ class ExploreSettings:
     startup_timeout_s: float = 30.0
     include_optional_prob: float = 0.5
     keep_sandboxes: bool = False
+    warm_stateful: bool = True    # reuse sandbox folders and the processes of `reset: files` servers across DAGs
+    warm_all: bool = False        # keep `reset: restart` servers warm too (the probe's one session per server)
+
+
+@dataclass
+class _Slot:
+    """A sandbox folder that DAGs take turns in, restored to the seeded state after each DAG.
+
+    It keeps warm processes of the stateful servers whose whole state lives in their sandbox files
+    (catalog ``reset: files``): restoring the files resets them, so they need no restart per DAG.
+    The other stateful servers (``reset: restart``, state in memory or in open database handles)
+    get fresh processes per DAG as before.
+    """
+
+    path: Path
+    handles: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -285,6 +301,31 @@ class _Pool:
     handles: dict = field(default_factory=dict)
     locks: dict = field(default_factory=dict)
     restarts: int = 0
+    template: Path | None = None
+    slot_root: Path | None = None
+    idle_slots: list = field(default_factory=list)
+    all_slots: list = field(default_factory=list)
+    manifest: dict | None = None
+    warm_starts: int = 0
+    warm_reuses: int = 0
+
+    async def take_slot(self) -> _Slot:
+        if self.idle_slots:
+            return self.idle_slots.pop()
+        if self.manifest is None:
+            self.manifest = await asyncio.to_thread(snapshot, self.template)
+        slot = _Slot(self.slot_root / f"slot-{len(self.all_slots)}")
+        self.all_slots.append(slot)
+        await asyncio.to_thread(copy_sandbox, self.template, slot.path)
+        return slot
+
+    async def give_back(self, slot: _Slot, discard_servers: bool) -> None:
+        """Restore the slot's files to the seeded state and make it available again."""
+        if discard_servers:  # their state is unknown (a crash, a timeout, a cancelled DAG)
+            await asyncio.gather(*(h.close() for h in slot.handles.values()), return_exceptions=True)
+            slot.handles.clear()
+        await asyncio.to_thread(restore_sandbox, self.template, slot.path, self.manifest)
+        self.idle_slots.append(slot)
 
     async def get(self, server: str) -> ServerHandle:
         lock = self.locks.setdefault(server, asyncio.Lock())
@@ -311,7 +352,12 @@ class _Pool:
         await handle.close()
 
     async def close(self) -> None:
-        await asyncio.gather(*(h.close() for h in self.handles.values()), return_exceptions=True)
+        handles = list(self.handles.values()) + [h for slot in self.all_slots for h in slot.handles.values()]
+        await asyncio.gather(*(h.close() for h in handles), return_exceptions=True)
+        for slot in self.all_slots:
+            slot.handles.clear()
+            if not self.settings.keep_sandboxes:
+                await asyncio.to_thread(shutil.rmtree, slot.path, True)
 
 
 async def _server_failure(server: str, handle: ServerHandle, outcome, stateful: bool, pool: _Pool) -> str | None:
@@ -334,20 +380,30 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                    calls_out: JsonlWriter, episode: str, live: dict | None = None) -> dict:
     started = time.perf_counter()
     stateful = sorted({tools[n]["server"] for n in dag["nodes"] if specs[tools[n]["server"]].get("stateful")})
-    # one folder per attempt: a timed-out attempt's server may still be writing into its own
-    sandbox = sandboxes / dag["id"] / episode
+    # cold: one folder per attempt (a timed-out attempt's server may still be writing into its own);
+    # warm: a slot, restored to the seeded state after the DAG, its `reset: files` servers kept running
+    slot = await pool.take_slot() if stateful and settings.warm_stateful else None
+    sandbox = slot.path if slot is not None else sandboxes / dag["id"] / episode
     handles: dict[str, ServerHandle] = {}
     record = {"dag_id": dag["id"], "index": dag["index"], "episode": episode, "steps": [], "n_calls": 0,
               "n_errors": 0}
+    clean = False
     try:
-        if stateful:
+        if stateful and slot is None:
             # file copying off the event loop: other DAGs' calls go on meanwhile
             await asyncio.to_thread(copy_sandbox, template, sandbox)
-            for server in stateful:
+        for server in stateful:
+            h = slot.handles.get(server) if slot is not None else None
+            if h is not None and h.alive:
+                pool.warm_reuses += 1
+            else:
                 h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
                                  settings.call_timeout_s, log_dir=sandbox / ".logs")
                 await h.start()
-                handles[server] = h
+                if slot is not None and (specs[server].get("reset") == "files" or settings.warm_all):
+                    slot.handles[server] = h
+                    pool.warm_starts += 1
+            handles[server] = h
         fingerprint = SEED_STATE
         observations: list[dict] = []
         step_of = {n: i for i, n in enumerate(dag["nodes"])}
@@ -408,12 +464,18 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
             record["steps"].append({"node": node, "seq": success["seq"]})
         else:
             record.update(status="complete", reason=None)
+        clean = not record.get("server_failure")
     except ServerStartError as exc:
         # often load (a startup timeout) rather than a broken install: worth one more attempt
         record.update(status="failed", reason=str(exc)[:300], server_failure=str(exc)[:300])
     finally:
-        await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
-        if not settings.keep_sandboxes and sandbox.exists():
+        warm = {id(h) for h in slot.handles.values()} if slot is not None else set()
+        await asyncio.gather(*(h.close() for h in handles.values() if id(h) not in warm), return_exceptions=True)
+        if slot is not None:
+            if settings.keep_sandboxes:
+                await asyncio.to_thread(shutil.copytree, sandbox, sandboxes / dag["id"] / episode, symlinks=True)
+            await pool.give_back(slot, discard_servers=not clean)
+        elif not settings.keep_sandboxes and sandbox.exists():
             await asyncio.to_thread(shutil.rmtree, sandbox, True)
             try:
                 sandbox.parent.rmdir()   # the DAG's folder, once its last attempt's is gone
@@ -443,7 +505,8 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
         print(f"[explorer] resuming: {len(done)} DAGs already explored, {len(todo)} to go")
 
     async def main() -> None:
-        pool = _Pool(specs, install_dir, pool_dir, settings, Path(sandbox_root) / "logs")
+        pool = _Pool(specs, install_dir, pool_dir, settings, Path(sandbox_root) / "logs", template=template,
+                     slot_root=Path(sandbox_root) / "slots")
         gate = asyncio.Semaphore(settings.concurrency)
         bar = tqdm(total=len(todo), desc="explore DAGs", unit="dag")
         live: dict[str, list[int]] = {}
@@ -493,7 +556,7 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
             finally:
                 bar.close()
                 await pool.close()
-        metrics_extra["pool_restarts"] = pool.restarts
+        metrics_extra.update(pool_restarts=pool.restarts, warm_starts=pool.warm_starts, warm_reuses=pool.warm_reuses)
 
     metrics_extra: dict = {}
     wall = time.perf_counter()

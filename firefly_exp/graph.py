@@ -19,7 +19,8 @@ it, computed in row blocks together with the similarity and a top-k per source (
 ``flow_score`` is the same score for one pair (the reference the tests compare against).
 
 Writes ``edges.parquet`` (source, target, score, flow, similarity, confidence, evidence, mapping,
-cross_server, observed), ``nodes.parquet`` (tool, server, domain), ``graph.png``, ``report.json`` and,
+cross_server, observed), ``nodes.parquet`` (tool, server, domain, answers: the probe
+found a value a task could ask for; null without a probe), ``graph.png``, ``report.json`` and,
 when observations were given, ``inferred_schemas.parquet``.
 """
 
@@ -405,15 +406,30 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 "similarity": pl.Float64, "confidence": pl.Utf8, "evidence": pl.Utf8, "mapping": pl.Utf8,
                 "observed": pl.Int64, "cross_server": pl.Boolean})
     frame.write_parquet(out_dir / "edges.parquet")
-    pl.DataFrame([{"tool": r["tool"], "server": r["server"], "domain": r["domain"]} for r in rows],
-                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8}).write_parquet(out_dir / "nodes.parquet")
+    answering = answering_tools(probe_calls, rows) if probe_calls else None
+    pl.DataFrame([{"tool": r["tool"], "server": r["server"], "domain": r["domain"],
+                   "answers": None if answering is None else r["tool"] in answering} for r in rows],
+                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8, "answers": pl.Boolean}
+                 ).write_parquet(out_dir / "nodes.parquet")
     plot_graph(graph, out_dir / "graph.png")
     metrics = graph_report(frame, n, graph)
     metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
+                    "answering_tools": None if answering is None else len(answering),
                     "inferred_schemas": len(inferred),
                     **{f"agreement.{k}": v for k, v in agreement.items()}})
     write_json_atomic(out_dir / "report.json", metrics)
     return metrics
+
+
+def answering_tools(probe_calls: list[dict], rows: list[dict]) -> set[str]:
+    """Tools whose probe result held a value a task could ask for (``synthesizer.answer_fields``: not an
+    error, not volatile, a short scalar that is not an echo of the arguments). A sub-DAG that ends only
+    in other tools can give no task (``sampler.answer_sink``)."""
+    from .synthesizer import answer_fields
+
+    volatile = {r["tool"]: bool(r.get("volatile")) for r in rows}
+    return {f"{c['server']}/{c['tool']}" for c in probe_calls
+            if answer_fields(c, volatile.get(f"{c['server']}/{c['tool']}", False))}
 
 
 def value_matches(calls: list[dict], hints: dict[str, dict[str, list]]) -> dict[tuple[str, str], dict]:
@@ -488,7 +504,7 @@ def load_graph(folder: Path) -> nx.DiGraph:
     """The graph saved by :func:`build_graph` (``nodes.parquet`` + ``edges.parquet``), mappings as dicts."""
     graph = nx.DiGraph()
     for r in pl.read_parquet(Path(folder) / "nodes.parquet").iter_rows(named=True):
-        graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
+        graph.add_node(r["tool"], server=r["server"], domain=r["domain"], answers=r.get("answers"))
     edges = pl.read_parquet(Path(folder) / "edges.parquet", columns=["source", "target", "score", "confidence", "mapping"])
     graph.add_edges_from((r["source"], r["target"], {"score": r["score"], "confidence": r["confidence"],
                                                      "mapping": json.loads(r["mapping"])})

@@ -126,6 +126,11 @@ def server_specs(cfg_servers: dict) -> dict[str, dict]:
     if unknown:
         raise ConfigError(f"unknown server(s) {', '.join(unknown)} in servers.enabled: known are "
                           f"{', '.join(sorted(catalog))} (add an entry to conf/servers/catalog.yaml)")
+    for sid in enabled:
+        reset = catalog[sid].get("reset", "restart")
+        if reset not in ("files", "restart"):
+            raise ConfigError(f"servers.catalog.{sid}.reset is '{reset}': use files (state only in the sandbox "
+                              f"files, warm process) or restart (a fresh process per DAG)")
     return {sid: {**catalog[sid], "id": sid} for sid in enabled}
 
 

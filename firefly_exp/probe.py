@@ -6,11 +6,17 @@ retries and sandboxes included). The graph stage reads these calls to infer outp
 find *value* evidence: a tool whose result holds a value known to be valid for another tool's
 parameter (a catalog hint, e.g. a table name, a file path, a commit hash) can feed that tool.
 
+Every tool starts from the seeded files (the sandbox slot is restored between tools), and each
+stateful server runs as one process for all its tools (a *probe session*): servers marked
+``reset: restart`` keep their in-memory state from one probed tool to the next, which saves a
+restart per tool (basic-memory takes ~5 s to start) and only ever adds context to a probe.
+
     calls = probe_tools(tools, specs, install_dir, sandbox_root, out, seed, settings)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,8 +36,9 @@ def probe_tools(tools: pl.DataFrame, specs: dict, install_dir: Path, sandbox_roo
                 seed: int, settings: explorer.ExploreSettings) -> dict:
     """Explore every tool alone (``calls.jsonl``/``trajectories.jsonl`` in ``out_dir``, resumable);
     returns the stage metrics."""
+    session = dataclasses.replace(settings, warm_stateful=True, warm_all=True)
     metrics = explorer.explore(probe_dags(tools), tools, specs, install_dir, Path(sandbox_root) / "probe", out_dir,
-                               seed, explorer.HeuristicProposer(), settings)
+                               seed, explorer.HeuristicProposer(), session)
     _, calls = explorer.load_trajectories(out_dir)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},

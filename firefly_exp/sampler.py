@@ -17,7 +17,9 @@ Strategies (``conf/sampler/<strategy>.yaml``):
 ``start_rule: firefly`` starts graph-guided DAGs only at tools with at least
 ``min_confident_successors`` medium/high successors (FireFly's rule); ``any`` at any tool with a
 successor. Constraints: ``min_size``/``max_size``, ``max_depth``, ``min_servers``/``max_servers``,
-``require_cross_server``. DAGs are deduplicated by content (nodes and edges). Every DAG records its
+``require_cross_server``; ``answer_sink`` (graph-guided only) keeps a DAG only if one of its sinks is a
+tool whose probe result held answer material (the graph's node ``answers``), since a DAG that ends
+in writes, echoes or failures gives no task. DAGs are deduplicated by content (nodes and edges). Every DAG records its
 nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
 mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes.png``.
 """
@@ -98,6 +100,13 @@ def _make_dag(nodes: list[str], edges: list[dict], seed: int, index: int, sample
 
 def _edge(u: str, v: str, d: dict) -> dict:
     return {"source": u, "target": v, "score": d["score"], "confidence": d["confidence"], "mapping": d["mapping"]}
+
+
+def _answer_sink(graph: nx.DiGraph, nodes: list[str], edges: list[dict]) -> bool:
+    """Whether a DAG ends in a tool whose probe result held answer material (node ``answers``; unknown,
+    without a probe, counts as yes): a DAG whose last calls only write, echo or fail gives no task."""
+    sources = {e["source"] for e in edges}
+    return any(graph.nodes[n].get("answers") is not False for n in nodes if n not in sources)
 
 
 class _Walker:
@@ -189,7 +198,8 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
                    max_servers: int = 3, min_servers: int = 1, require_cross_server: bool = False,
                    branch_prob: float = 0.3, burn_prob: float = 0.5, start_rule: str = "firefly",
                    min_confident_successors: int = 2, level_weights: dict | None = None,
-                   max_attempts_factor: int = 30, servers: list[str] | None = None, plot: bool = True) -> dict:
+                   max_attempts_factor: int = 30, servers: list[str] | None = None, answer_sink: bool = True,
+                   plot: bool = True) -> dict:
     """Draw ``n_dags`` distinct sub-DAGs; writes dags.jsonl (and shapes.png) and returns the stage metrics."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sampler strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
@@ -214,7 +224,7 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
             raise ValueError("the tool graph has no edges to walk: lower graph.thresholds.low or use sampler=uniform")
     dags: list[dict] = []
     seen: set[str] = set()
-    attempt = 0
+    attempt = rejected_sink = 0
     while len(dags) < n_dags and attempt < n_dags * max_attempts_factor:
         rng = rng_for(seed, "sampler", strategy, attempt)
         attempt += 1
@@ -236,6 +246,9 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
         n_servers = len({n.split("/")[0] for n in nodes})
         if len(nodes) < min_size or n_servers < min_servers or (require_cross_server and n_servers < 2):
             continue
+        if answer_sink and walker is not None and not _answer_sink(graph, nodes, edges):
+            rejected_sink += 1
+            continue
         dag = _make_dag(nodes, edges, seed, len(dags), strategy)
         if dag["id"] in seen:
             continue
@@ -248,6 +261,7 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
     write_jsonl(Path(out_dir) / "dags.jsonl", dags)
     metrics = dag_metrics(dags, nodes_all)
     metrics["attempts"] = attempt
+    metrics["rejected_no_answer_sink"] = rejected_sink
     if plot:
         plot_shapes(metrics, Path(out_dir) / "shapes.png", strategy)
     return metrics

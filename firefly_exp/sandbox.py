@@ -248,3 +248,65 @@ def fingerprint(root: Path) -> str:
                         file_digest.update(chunk)
                 digest.update(file_digest.digest())
     return digest.hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """What :func:`restore_sandbox` compares against: relative path -> kind, size and mtime (ns)."""
+    root = Path(root)
+    entries: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            path = base / name
+            st = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            kind = "L" if path.is_symlink() else "D" if path.is_dir() else "F"
+            entries[rel] = (kind, st.st_size, st.st_mtime_ns) if kind == "F" else (kind,)
+    return entries
+
+
+def restore_sandbox(template: Path, dest: Path, manifest: dict[str, tuple] | None = None,
+                    keep: tuple[str, ...] = (".logs",)) -> int:
+    """Put ``dest`` (a copy of ``template`` some tool calls have changed) back into the template's state
+    in place: changed files are copied over, added ones deleted, deleted ones brought back.
+
+    Servers keep running in ``dest`` meanwhile (warm servers whose state lives only in these files),
+    so it is updated path by path rather than replaced. A file whose size and mtime (ns) equal the
+    template's (``copy2`` keeps both) is unchanged. ``keep``: top-level folders left alone (server logs).
+    Returns the number of paths changed.
+    """
+    template, dest = Path(template), Path(dest)
+    manifest = snapshot(template) if manifest is None else manifest
+    current = snapshot(dest)
+    changed = 0
+    # first what is not in the template (deepest first), or is there as another kind
+    for rel in sorted(current, key=lambda r: -r.count("/")):
+        if rel.split("/")[0] in keep:
+            continue
+        want = manifest.get(rel)
+        if want is not None and want[0] == current[rel][0]:
+            continue
+        path = dest / rel
+        if current[rel][0] == "D" and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        changed += 1
+    for rel in sorted(manifest, key=lambda r: r.count("/")):  # parents before children
+        want = manifest[rel]
+        have = current.get(rel)
+        if have == want and (want[0] != "D" or (dest / rel).is_dir()):
+            continue
+        src, path = template / rel, dest / rel
+        if want[0] == "D":
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        if want[0] == "L":
+            if not path.is_symlink():
+                path.symlink_to(os.readlink(src))
+                changed += 1
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, path)   # the same bytes and mtime as the template
+        changed += 1
+    return changed

@@ -109,6 +109,17 @@ def _leaks(value: Any, question: str, strict: bool = False) -> bool:
     return len(v) >= 3 and v in text
 
 
+def answer_fields(call: dict, volatile: bool, max_value_len: int = 80, given: str | None = None) -> list[tuple[str, Any]]:
+    """The (path, value) leaves of a call's result that can be answer fields: not from a failed call or a
+    volatile tool, short scalars, and not an echo of an argument (``given``: the arguments' JSON, by
+    default this call's own), which the question would give away."""
+    if volatile or call["is_error"]:
+        return []
+    if given is None:
+        given = json.dumps(call["arguments"], ensure_ascii=False, default=str)
+    return [(p, v) for p, v in candidate_fields(value_of(call), max_value_len) if not _leaks(v, given)]
+
+
 SINGLE_CALL = ("fallback", "always", "never")
 
 
@@ -302,11 +313,8 @@ def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str,
         gold_full = [by_seq[(traj["episode"], s["seq"])] for s in traj["steps"]]
         # echoes of an argument would be read off the question: not answer material
         given = json.dumps([c["arguments"] for c in gold_full], ensure_ascii=False, default=str)
-        per_step = []
-        for k, call in enumerate(gold_full):
-            row = tools[f"{call['server']}/{call['tool']}"]
-            per_step.append([] if row["volatile"] or call["is_error"] else
-                            [(p, v) for p, v in candidate_fields(value_of(call), max_value_len) if not _leaks(v, given)])
+        per_step = [answer_fields(call, tools[f"{call['server']}/{call['tool']}"]["volatile"], max_value_len, given)
+                    for call in gold_full]
         informative = [k for k, c in enumerate(per_step) if c]
         if not informative:
             rejected["no_answerable_output"] += 1

@@ -93,3 +93,26 @@ def test_uniform_ignores_the_graph(tmp_path):
     assert m["dags"] == 10 and all(d["edges"] == [] and d["sampler"] == "uniform" for d in dags)
     with pytest.raises(ValueError, match="unknown sampler"):
         sample_subdags(_graph(), tmp_path, seed=1, strategy="bogus")
+
+
+def test_dags_end_in_a_tool_that_answers(tmp_path):
+    """answer_sink: a tool whose probe result held nothing to ask about never ends a DAG, while it may
+    still feed one; without probe evidence (answers unknown) nothing is filtered."""
+    g = _graph()
+    mute = sorted(g.nodes)[::2]
+    for n in g.nodes:
+        g.nodes[n]["answers"] = n not in mute
+    for strategy in ("random_walk", "coverage", "fan_out", "fan_in"):
+        out = tmp_path / strategy
+        out.mkdir()
+        m = sample_subdags(g, out, seed=3, strategy=strategy, n_dags=15, min_size=2, max_size=3, start_rule="any")
+        dags = read_jsonl(out / "dags.jsonl")
+        assert dags and m["rejected_no_answer_sink"] > 0
+        for d in dags:
+            sinks = [n for n in d["nodes"] if n not in {e["source"] for e in d["edges"]}]
+            assert any(n not in mute for n in sinks), d
+        assert any(n in mute for d in dags for n in d["nodes"])   # mute tools still take part
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    assert sample_subdags(g, loose, seed=3, n_dags=15, min_size=2, max_size=3, start_rule="any",
+                          answer_sink=False)["rejected_no_answer_sink"] == 0

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import polars as pl
 import pytest
 
 from conftest import installed
@@ -55,6 +56,16 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
                 if isinstance(passed, str) and len(passed) >= 3:
                     assert passed.strip().casefold() not in task["question"].casefold()
     assert first["stages"]["probe"]["metrics"]["tools_answered"] > 0   # every tool probed before the graph
+    # the graph marks the tools whose probe result held answer material; DAGs end in one of them
+    g = first["stages"]["graph"]["metrics"]
+    assert 0 < g["answering_tools"] < c["tools"]
+    answering = set(pl.read_parquet(first["stages"]["graph"]["folder"] + "/nodes.parquet")
+                    .filter(pl.col("answers"))["tool"].to_list())
+    for dag in read_jsonl(first["stages"]["sampler"]["folder"] + "/dags.jsonl"):
+        sources = {e["source"] for e in dag["edges"]}
+        assert any(n in answering for n in dag["nodes"] if n not in sources), dag["nodes"]
+    # stateful servers ran warm: a process kept across DAGs whose sandbox slot was restored between them
+    assert first["stages"]["explorer"]["metrics"]["warm_reuses"] > 0
 
 
 def test_summary_latest_and_mlflow(smoke_runs):
