@@ -244,5 +244,7 @@ def log_to_mlflow(folder: Path) -> None:
             continue
         df = pd.read_parquet(path, columns=["id", "question", "answer", "answer_schema", "tools", "n_calls",
                                             "n_servers", "depth", "split"])
+        if df.empty:   # mlflow's digest of an empty frame of pandas "str" columns raises
+            continue
         ds = mlflow.data.from_pandas(df, source=str(path), name=f"firefly-tasks-{split}", targets="answer")
         mlflow.log_input(ds, context=split)
