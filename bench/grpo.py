@@ -41,6 +41,7 @@ def run_seed(seed: int, overrides: list[str]) -> dict:
             "grpo_field_accuracy": summary["eval"]["grpo"]["field_accuracy"],
             "train_s": train["wall_s"], "sft_s": train["metrics"]["sft"]["wall_s"],
             "grpo_s": train["metrics"]["grpo"]["wall_s"], "train_reused": train["reused"],
+            "train_cpu_s": train["metrics"].get("cpu_s_sft_plus_grpo"),
             "sft_variants": train["metrics"].get("sft_variants"),
             "grpo_reward_binary": train["metrics"]["grpo"].get("reward_binary_mean"),
             "test_tasks": summary["counts"]["test_tasks"], "run_dir": summary["run_dir"]}
@@ -64,7 +65,8 @@ def main(overrides: list[str], parallel: int = 1) -> dict:
            "sft_pass1_mean": round(statistics.mean(sft), 4), "sft_pass1_spread": spread(sft),
            "grpo_pass1_mean": round(statistics.mean(grpo), 4), "grpo_pass1_spread": spread(grpo),
            "sft_pass1": sft, "grpo_pass1": grpo,
-           "train_s_per_seed": [r["train_s"] for r in per_seed], "per_seed": per_seed,
+           "train_s_per_seed": [r["train_s"] for r in per_seed],
+           "train_cpu_s_per_seed": [r["train_cpu_s"] for r in per_seed], "per_seed": per_seed,
            "wall_s": round(time.perf_counter() - started, 1),
            "loadavg_1_5_15": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}}
     gain = out["grpo_pass1_mean"] - out["sft_pass1_mean"]

@@ -134,20 +134,22 @@ def train_policy(tasks: list[dict], make_simulator, schemas: dict[str, dict], de
     sim = make_simulator()
     meta = {"policy": policy, "seed": seed, "train_tasks": len(train)}
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     losses = sft(model, tok, sft_examples(tok, train, fns, settings), int(sft_cfg.get("epochs", 0)),
                  float(sft_cfg.get("lr", 1e-3)), int(sft_cfg.get("batch_size", 16)), seed)
     metrics["sft"] = {"epochs": len(losses), "final_loss": losses[-1] if losses else None,
-                      "wall_s": round(time.perf_counter() - started, 2)}
+                      "wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(time.process_time() - cpu, 2)}
     save_checkpoint(model, tok, out_dir / "sft", {**meta, "stage": "sft", "losses": losses})
 
     before = snapshot(model)
     hits_before = dict(sim.counts)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     curves = grpo(model, tok, train, fns, sim, settings, grpo_cfg, reward_weights, seed, out_dir,
                   curve_tasks, curve_every, schemas, descriptions)
     hits = {k: sim.counts.get(k, 0) - hits_before.get(k, 0) for k in sim.counts}
     metrics["grpo"] = {"steps": len(curves["reward"]), "wall_s": round(time.perf_counter() - started, 2),
+                       # CPU seconds of this process: the training cost without the time spent waiting for a core
+                       "cpu_s": round(time.process_time() - cpu, 2),
                        "weights_delta_l2": round(parameters_delta(before, snapshot(model)), 6),
                        "reward_first": curves["reward"][0] if curves["reward"] else None,
                        # the binary reward TRL received, averaged over every GRPO episode
@@ -156,6 +158,7 @@ def train_policy(tasks: list[dict], make_simulator, schemas: dict[str, dict], de
                        "reward_last": curves["reward"][-1] if curves["reward"] else None,
                        "simulator_hits": hits, "episodes": curves["episodes"]}
     metrics["wall_s_sft_plus_grpo"] = round(metrics["sft"]["wall_s"] + metrics["grpo"]["wall_s"], 2)
+    metrics["cpu_s_sft_plus_grpo"] = round(metrics["sft"]["cpu_s"] + metrics["grpo"]["cpu_s"], 2)
     write_json_atomic(out_dir / "curves.json", curves)
     plot_curves(curves, out_dir / "curves.png")
     save_checkpoint(model, tok, out_dir / "grpo", {**meta, "stage": "grpo", "grpo": grpo_cfg,
