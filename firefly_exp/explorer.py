@@ -282,7 +282,9 @@ class _Slot:
     It keeps warm processes of the stateful servers whose whole state lives in their sandbox files
     (catalog ``reset: files``): restoring the files resets them, so they need no restart per DAG.
     The other stateful servers (``reset: restart``, state in memory or in open database handles)
-    get fresh processes per DAG as before.
+    stay up only as long as the DAGs made no state-changing call on them (their read-only tools
+    leave that state as it was); after one that did, the next DAG gets a fresh process. Servers
+    marked ``reset: always`` get a fresh process for every DAG.
     """
 
     path: Path
@@ -388,6 +390,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
     record = {"dag_id": dag["id"], "index": dag["index"], "episode": episode, "steps": [], "n_calls": 0,
               "n_errors": 0}
     clean = False
+    mutated: set[str] = set()   # servers this DAG called a state-changing tool of
     try:
         if stateful and slot is None:
             # file copying off the event loop: other DAGs' calls go on meanwhile
@@ -400,7 +403,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                 h = ServerHandle(specs[server], install_dir, sandbox, settings.startup_timeout_s,
                                  settings.call_timeout_s, log_dir=sandbox / ".logs")
                 await h.start()
-                if slot is not None and (specs[server].get("reset") == "files" or settings.warm_all):
+                if slot is not None:
                     slot.handles[server] = h
                     pool.warm_starts += 1
             handles[server] = h
@@ -437,6 +440,8 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
                         "error_kind": outcome.error_kind, "latency_ms": round(outcome.latency_ms, 3),
                         "fingerprint": fingerprint, "mutating": not tool["read_only"]}
                 calls_out.write(call)
+                if not tool["read_only"]:
+                    mutated.add(server)
                 if live is not None:  # per-server [calls, errors], shown while the run goes
                     counts = live.setdefault(server, [0, 0])
                     counts[0] += 1
@@ -472,6 +477,11 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
         warm = {id(h) for h in slot.handles.values()} if slot is not None else set()
         await asyncio.gather(*(h.close() for h in handles.values() if id(h) not in warm), return_exceptions=True)
         if slot is not None:
+            # a `reset: restart` server keeps its process only while no DAG changed its (in-memory) state
+            stale = [sv for sv in stateful if not settings.warm_all and (
+                specs[sv].get("reset") == "always" or (sv in mutated and specs[sv].get("reset") != "files"))]
+            await asyncio.gather(*(slot.handles.pop(sv).close() for sv in stale if sv in slot.handles),
+                                 return_exceptions=True)
             if settings.keep_sandboxes:
                 await asyncio.to_thread(shutil.copytree, sandbox, sandboxes / dag["id"] / episode, symlinks=True)
             await pool.give_back(slot, discard_servers=not clean)

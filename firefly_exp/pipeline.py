@@ -128,9 +128,10 @@ def server_specs(cfg_servers: dict) -> dict[str, dict]:
                           f"{', '.join(sorted(catalog))} (add an entry to conf/servers/catalog.yaml)")
     for sid in enabled:
         reset = catalog[sid].get("reset", "restart")
-        if reset not in ("files", "restart"):
+        if reset not in ("files", "restart", "always"):
             raise ConfigError(f"servers.catalog.{sid}.reset is '{reset}': use files (state only in the sandbox "
-                              f"files, warm process) or restart (a fresh process per DAG)")
+                              f"files, warm process), restart (a fresh process after a state-changing call) "
+                              f"or always (a fresh process per DAG)")
     return {sid: {**catalog[sid], "id": sid} for sid in enabled}
 
 

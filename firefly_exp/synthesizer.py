@@ -258,7 +258,7 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
                      include_partial: bool = True, test_fraction: float = 0.3, split: str = "random",
                      near_duplicate_threshold: float | None = None, determinism: str = "off",
                      judge_min_score: int = 3, require_chain: bool = True, single_call: str = "fallback",
-                     writer=None, judge=None, live_check=None) -> dict:
+                     field_groups: int = 1, writer=None, judge=None, live_check=None) -> dict:
     """Write verified tasks to tasks.jsonl; returns the stage metrics.
 
     After verification: the LM ``judge`` (when given) keeps the tasks scoring at least
@@ -271,11 +271,12 @@ def synthesize_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str
     fed them (``arg_sources``, transitively) and the state-changing calls before them, and at least
     one answer call must have received a value from an earlier call, which the question never states.
     ``single_call`` (``fallback|always|never``): one-call tasks from a trajectory only when it gives no
-    chained task, always, or never."""
+    chained task, always, or never. ``field_groups``: up to this many tasks per variant whose one answer
+    call returned more fields than ``max_fields``, each asking for a different group of them."""
     check_options(kind, split, determinism, single_call, writer, live_check)
     candidates, rejected = candidate_tasks(trajectories, calls, dags, tools, simulator, seed, kind,
                                            tasks_per_trajectory, max_fields, max_value_len, include_partial,
-                                           require_chain, single_call, writer)
+                                           require_chain, single_call, writer, field_groups)
     return finish_tasks(candidates, rejected, len(trajectories), out_dir, seed, test_fraction, split,
                         near_duplicate_threshold, determinism, judge_min_score, judge, live_check)
 
@@ -298,7 +299,7 @@ def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str,
                     simulator: Simulator, seed: int, kind: str = "template", tasks_per_trajectory: int = 2,
                     max_fields: int = 3, max_value_len: int = 80, include_partial: bool = True,
                     require_chain: bool = True, single_call: str = "fallback",
-                    writer=None) -> tuple[list[dict], Counter]:
+                    writer=None, field_groups: int = 1) -> tuple[list[dict], Counter]:
     """The verified tasks of each trajectory, in trajectory order, before deduplication.
 
     Each trajectory is handled on its own (its random choices derive from the seed and its DAG id),
@@ -323,14 +324,25 @@ def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str,
         if not variants:
             rejected["no_chain_dependency"] += 1
             continue
-        for v_index, (steps, keep) in enumerate(variants[:tasks_per_trajectory]):
+        # further questions about other fields of the same answer call (one answer step only)
+        groups = [(steps, keep, 0) for steps, keep in variants]
+        for g in range(1, max(1, field_groups)):
+            groups += [(steps, keep, g) for steps, keep in variants
+                       if len(steps) == 1 and len({p.split(".")[-1] for p, _ in per_step[steps[0]]}) > g * max_fields]
+        for v_index, (steps, keep, group) in enumerate(groups[:tasks_per_trajectory]):
             rng = rng_for(seed, "synth", traj["dag_id"], v_index)
             gold = renumber(gold_full, keep)
             position = {k: i for i, k in enumerate(keep)}
             picks: list[tuple[int, str, Any]] = []
             for k in steps:
                 cands = list(per_step[k])
-                rng.shuffle(cands)
+                if field_groups > 1 and len(steps) == 1:  # the group-th max_fields distinct names, fixed shuffle
+                    rng_for(seed, "fields", traj["dag_id"], k).shuffle(cands)
+                    names = list(dict.fromkeys(p.split(".")[-1] for p, _ in cands))
+                    mine = set(names[group * max_fields:(group + 1) * max_fields])
+                    cands = [(p, v) for p, v in cands if p.split(".")[-1] in mine]
+                else:
+                    rng.shuffle(cands)
                 quota = max(1, (max_fields - len(picks)) // (len(steps) - steps.index(k)))
                 names_here = set()
                 for path, value in cands:

@@ -24,7 +24,7 @@ def test_unknown_reset_mode_is_a_one_line_error():
     with pytest.raises(ConfigError) as err:
         server_specs({"catalog": {"git": {"stateful": True, "reset": "warm"}}, "enabled": ["git"]})
     msg = str(err.value)
-    assert "servers.catalog.git.reset" in msg and "files" in msg and "restart" in msg and "\n" not in msg
+    assert "servers.catalog.git.reset" in msg and "files" in msg and "always" in msg and "\n" not in msg
 
 
 def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):

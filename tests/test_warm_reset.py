@@ -81,3 +81,33 @@ def test_warm_servers_answer_exactly_as_fresh_ones(tmp_path):
     assert len(writes) >= 4, writes   # state-changing tools ran, so leftovers would show
     assert warm.keys() == cold.keys()
     assert [k for k in cold if warm[k] != cold[k]] == []
+
+
+@pytest.mark.parametrize("reset", ["restart", "always", "files"])
+def test_in_memory_state_and_the_reset_modes(tmp_path, reset):
+    """A server with state in memory only (tests/fixtures/counter_server.py): `restart` keeps its process
+    across read-only DAGs and replaces it after a DAG that changed it; `always` starts one per DAG;
+    `files` (wrong for such a server) would carry the change over, which is what the modes are for."""
+    import sys
+
+    spec = {"id": "counter", "command": sys.executable, "args": [str(Path(__file__).parent / "fixtures" /
+                                                                    "counter_server.py")],
+            "registry": "pypi", "stateful": True, "reset": reset}
+    discover_tools([spec], tmp_path, tmp_path / "disc", tmp_path)
+    tools = load_tools(tmp_path)
+    assert dict(zip(tools["tool"], tools["read_only"])) == {"counter/bump": False, "counter/get_count": True}
+    plan = [["counter/get_count"], ["counter/get_count"], ["counter/bump", "counter/get_count"], ["counter/get_count"]]
+    dags = [{"id": f"d{i}", "index": i, "nodes": nodes, "edges": []} for i, nodes in enumerate(plan)]
+    (tmp_path / "out").mkdir()
+    explore(dags, tools, {"counter": spec}, tmp_path, tmp_path / "sb", tmp_path / "out", 0, HeuristicProposer(),
+            ExploreSettings(concurrency=1))
+    trajectories, calls = load_trajectories(tmp_path / "out")
+    seen = [json.loads(c["content"][0]["text"]) for c in calls if c["tool"] == "get_count"]
+    assert [s["count"] for s in seen[:3]] == [0, 0, 1]
+    pids = [s["pid"] for s in seen]
+    if reset == "restart":
+        assert pids[0] == pids[1] == pids[2] != pids[3] and seen[3]["count"] == 0
+    elif reset == "always":
+        assert len(set(pids)) == 4 and seen[3]["count"] == 0
+    else:
+        assert len(set(pids)) == 1 and seen[3]["count"] == 1
