@@ -29,7 +29,7 @@ from . import (__version__, dataset, evaluate, executor, explorer, graph, observ
 from . import embeddings
 from . import train
 from .simulator import fidelity, live, retrieval
-from .train import chat as train_chat, policy as train_policy_mod, rewards as train_rewards
+from .train import augment as train_augment, chat as train_chat, policy as train_policy_mod, rewards as train_rewards
 from .store import StageStore, code_version, read_jsonl, write_json_atomic
 
 
@@ -345,7 +345,7 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
                     tasks, lambda: simulator.Simulator.load(sim_st.folder, tools, **sim_kwargs), tool_schemas,
                     descriptions, out, int(tr["seed"]), tr["policy"], tr["sft"], tr["grpo"], tr["rewards"],
                     tr["curve"]["split"], int(tr["curve"]["every"]), int(tr["curve"]["max_tasks"])),
-                (train, train_policy_mod, train_chat, train_rewards), ("curves.json", "curves.png"),
+                (train, train_policy_mod, train_chat, train_rewards, train_augment), ("curves.json", "curves.png"),
                 log=train.log_to_mlflow)
         else:
             summary["stages"]["train"] = {"skipped": True, "reason": "train=none"}

@@ -21,7 +21,7 @@ from firefly_exp.store import read_jsonl
 
 # a tiny experiment: smoke servers, 6 DAGs, no embedding model (seconds per run)
 TINY = ["+experiment=smoke", "name=tiny", "sampler.n_dags=6", "graph.weights.similarity=0",
-        "synthesizer.near_duplicate_threshold=null"]
+        "synthesizer.near_duplicate_threshold=null", "synthesizer.test_fraction=0.5"]
 
 
 def _tasks(summary: dict) -> list[tuple]:

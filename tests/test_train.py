@@ -86,6 +86,11 @@ def test_grpo_trains_the_tiny_policy_inside_the_simulator(tmp_path):
         assert e["reward_binary"] == float(e["answer"] == gold or (e["answer"] or {}).get("value") == gold["value"])
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert len(curves["reward"]) == 2 and curves["pass1_step"] == [0, 1, 2]
+    # TRL received non-zero rewards, and each step's logged binary mean is that of the step's simulated episodes
+    assert max(curves["reward_binary"]) > 0
+    for step, logged in zip(curves["step"], curves["reward_binary"]):
+        mine = [e["reward_binary"] for e in episodes if e["step"] == step - 1]
+        assert len(mine) == 8 and logged == pytest.approx(sum(mine) / len(mine), abs=1e-4)
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert json.loads((tmp_path / "grpo" / "meta.json").read_text())["stage"] == "grpo"
     # the trained policy is an evaluation policy like the others

@@ -28,6 +28,7 @@ from ..simulator import Simulator
 from ..simulator.env import ToolEnvironment
 from ..store import JsonlWriter, write_json_atomic
 from . import chat, rewards
+from .augment import field_variants
 from .policy import (LMPolicy, PolicySettings, build_policy, encode, parameters_delta, prompt_ids, rollout,
                      settings_from, snapshot, tokenizer_corpus)
 
@@ -56,11 +57,8 @@ def sft(model, tok, examples: list[tuple], epochs: int, lr: float, batch_size: i
     losses = []
     model.train()
     for _ in range(epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
         total = 0.0
-        for b in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[b:b + batch_size]]
+        for batch in length_batches(examples, batch_size, rng):
             width = max(len(ids) for ids, _ in batch)
             ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in batch], device=device)
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=device)
@@ -73,6 +71,20 @@ def sft(model, tok, examples: list[tuple], epochs: int, lr: float, batch_size: i
             total += loss.item() * len(batch)
         losses.append(round(total / len(examples), 4))
     return losses
+
+
+def length_batches(examples: list[tuple], batch_size: int, rng: random.Random) -> list[list[tuple]]:
+    """Shuffled batches of similar lengths (less padding): shuffle, sort windows of 8 batches by length,
+    cut them into batches, shuffle the batches."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * 8
+    batches = []
+    for w in range(0, len(order), window):
+        part = sorted(order[w:w + window], key=lambda i: len(examples[i][0]))
+        batches += [[examples[i] for i in part[b:b + batch_size]] for b in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def held_out_pass1(model, tok, tasks: list[dict], sim: Simulator, schemas: dict, settings: PolicySettings,
@@ -109,33 +121,44 @@ def train_policy(tasks: list[dict], make_simulator, schemas: dict[str, dict], de
     if not train:
         raise ValueError("no train tasks: the synthesizer produced no train split (more DAGs, or another split)")
     settings = settings_from(policy)
-    fns = {t["id"]: chat.tool_functions(t, schemas, settings.tools_in_prompt, descriptions) for t in tasks}
+    # more questions over the train split's own recorded outputs (augment.py); the held-out split is not read
+    variants = field_variants(train, descriptions, int(sft_cfg.get("variants_per_call", 0)),
+                              int(sft_cfg.get("variant_max_fields", 2)), max_response_chars=settings.max_response_chars,
+                              seed=seed)
+    train = train + variants
+    fns = {t["id"]: chat.tool_functions(t, schemas, settings.tools_in_prompt, descriptions) for t in tasks + variants}
     corpus = tokenizer_corpus(train, [f for fs in fns.values() for f in fs], settings.max_response_chars)
     model, tok = build_policy(policy, seed, corpus)
-    metrics: dict = {"train_tasks": len(train), "parameters": sum(p.numel() for p in model.parameters()),
+    metrics: dict = {"train_tasks": len(train) - len(variants), "sft_variants": len(variants), "parameters": sum(p.numel() for p in model.parameters()),
                      "vocab": len(tok)}
     sim = make_simulator()
     meta = {"policy": policy, "seed": seed, "train_tasks": len(train)}
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     losses = sft(model, tok, sft_examples(tok, train, fns, settings), int(sft_cfg.get("epochs", 0)),
                  float(sft_cfg.get("lr", 1e-3)), int(sft_cfg.get("batch_size", 16)), seed)
     metrics["sft"] = {"epochs": len(losses), "final_loss": losses[-1] if losses else None,
-                      "wall_s": round(time.perf_counter() - started, 2)}
+                      "wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(time.process_time() - cpu, 2)}
     save_checkpoint(model, tok, out_dir / "sft", {**meta, "stage": "sft", "losses": losses})
 
     before = snapshot(model)
     hits_before = dict(sim.counts)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     curves = grpo(model, tok, train, fns, sim, settings, grpo_cfg, reward_weights, seed, out_dir,
                   curve_tasks, curve_every, schemas, descriptions)
     hits = {k: sim.counts.get(k, 0) - hits_before.get(k, 0) for k in sim.counts}
     metrics["grpo"] = {"steps": len(curves["reward"]), "wall_s": round(time.perf_counter() - started, 2),
+                       # CPU seconds of this process: the training cost without the time spent waiting for a core
+                       "cpu_s": round(time.process_time() - cpu, 2),
                        "weights_delta_l2": round(parameters_delta(before, snapshot(model)), 6),
                        "reward_first": curves["reward"][0] if curves["reward"] else None,
+                       # the binary reward TRL received, averaged over every GRPO episode
+                       "reward_binary_mean": (round(sum(curves["reward_binary"]) / len(curves["reward_binary"]), 4)
+                                              if curves.get("reward_binary") else None),
                        "reward_last": curves["reward"][-1] if curves["reward"] else None,
                        "simulator_hits": hits, "episodes": curves["episodes"]}
     metrics["wall_s_sft_plus_grpo"] = round(metrics["sft"]["wall_s"] + metrics["grpo"]["wall_s"], 2)
+    metrics["cpu_s_sft_plus_grpo"] = round(metrics["sft"]["cpu_s"] + metrics["grpo"]["cpu_s"], 2)
     write_json_atomic(out_dir / "curves.json", curves)
     plot_curves(curves, out_dir / "curves.png")
     save_checkpoint(model, tok, out_dir / "grpo", {**meta, "stage": "grpo", "grpo": grpo_cfg,
@@ -150,7 +173,7 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
     """GRPO with TRL's GRPOTrainer; each completion is an episode in the simulator (``rollout_func``)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     curves: dict = {"step": [], "reward": [], "kl": [], "loss": [], "pass1_step": [], "pass1": [], "episodes": 0}
@@ -191,6 +214,9 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
                 curves["reward"].append(round(float(logs["reward"]), 4))
                 curves["kl"].append(round(float(logs.get("kl", 0.0)), 6))
                 curves["loss"].append(round(float(logs.get("loss", 0.0)), 6))
+                for name in reward_names:   # each reward function's mean, as TRL computed it
+                    curves.setdefault(f"reward_{name}", []).append(
+                        round(float(logs.get(f"rewards/{name}/mean", 0.0)), 4))
 
         def on_step_end(self, args, state, control, **kwargs):
             if curve_every and (state.global_step % curve_every == 0 or state.global_step == steps):
@@ -199,6 +225,7 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
                                                       settings, descriptions))
 
     funcs, weights = rewards.reward_functions(reward_weights)
+    reward_names = [f.__name__ for f in funcs]
     g = int(cfg["group_size"])
     args = GRPOConfig(
         output_dir=str(out_dir / "trainer"), max_steps=steps, learning_rate=float(cfg["lr"]),
@@ -216,6 +243,7 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data, processing_class=tok,
                           rollout_func=rollout_func, callbacks=[Curves()])
     trainer_ref["t"] = trainer
+    trainer.remove_callback(PrinterCallback)   # the per-step logs land in curves.json, not on stdout
     with log:
         trainer.train()
     return curves

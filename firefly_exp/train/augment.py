@@ -1,0 +1,82 @@
+"""More SFT examples from the train split's own recorded calls: ask for other fields of the same outputs.
+
+A train task's gold chain recorded more than the few fields its question asks for. For every prefix of
+the chain that ends in a successful call, :func:`field_variants` writes up to ``per_call`` new questions
+in the synthesizer's template wording (``synthesizer.template_question``, arguments written out), each
+asking for other fields of that last call's output; the answer is read from the recorded output by its
+path, as the synthesizer does. Nothing here sees the held-out split: the inputs are train tasks only.
+
+    >>> task = {"id": "t", "tools": ["kv/get"], "split": "train", "answer": {"value": "v1"},
+    ...         "gold_calls": [{"server": "kv", "tool": "get", "arguments": {"key": "k1"}}],
+    ...         "gold_results": [{"content": [], "structured": {"value": "v1", "size": 2}, "is_error": False}]}
+    >>> [v["answer"] for v in field_variants([task], {"kv/get": "Read a key."}, per_call=2, max_fields=1, seed=0)]
+    [{'size': 2}]
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..results import field_name, json_type, value_of
+from ..sampler import rng_for
+from ..synthesizer import _leaks, candidate_fields, template_question
+from .chat import tool_response_text
+
+
+def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: int = 4, max_fields: int = 2,
+                   max_value_len: int = 80, max_response_chars: int = 300, seed: int = 0) -> list[dict]:
+    """New train tasks from ``tasks``' gold chains (see the module docstring); none repeats an answer asked
+    already for the same calls, and every asked value is visible in the tool response the policy reads
+    (cut to ``max_response_chars``)."""
+    if per_call <= 0:
+        return []
+    tools = {tid: {"description": d} for tid, d in descriptions.items()}
+    seen = {_key(t["gold_calls"], t["answer"]) for t in tasks}
+    out: list[dict] = []
+    for t in tasks:
+        for j, result in enumerate(t["gold_results"]):
+            if result.get("is_error"):
+                continue
+            calls = [{"server": c["server"], "tool": c["tool"], "arguments": c["arguments"]}
+                     for c in t["gold_calls"][:j + 1]]
+            if any(f"{c['server']}/{c['tool']}" not in tools for c in calls):
+                continue
+            shown = tool_response_text(result, max_response_chars)
+            given = json.dumps([c["arguments"] for c in calls], ensure_ascii=False, default=str)
+            cands, names = [], set()
+            for p, v in candidate_fields(value_of(result), max_value_len):
+                # a field name says which key, not which row: only its first occurrence is asked for
+                if field_name(p) in names:
+                    continue
+                names.add(field_name(p))
+                if json.dumps(v, ensure_ascii=False) in shown and not _leaks(v, given):
+                    cands.append((p, v))
+            rng = rng_for(seed, "sft-variants", t["id"], j)
+            for i in range(per_call):
+                if not cands:
+                    break
+                picks = rng.sample(cands, min(len(cands), rng.randint(1, max_fields)))
+                fields, answer, taken = {}, {}, set()
+                for path, value in picks:
+                    name = field_name(path or calls[-1]["tool"] + "_result", taken)
+                    taken.add(name)
+                    what = path.split(".")[-1] if path and not path.split(".")[-1].isdigit() else "result"
+                    fields[name] = {"type": json_type(value),
+                                    "description": f"the {what} returned by {calls[-1]['tool']} in step {j + 1}"}
+                    answer[name] = value
+                key = _key(calls, answer)
+                if key in seen:
+                    continue
+                seen.add(key)
+                question = template_question(calls, tools, fields, rng)
+                if any(_leaks(v, question) for v in answer.values()):
+                    continue
+                out.append({"id": f"{t['id']}-v{j}.{i}", "question": question, "answer": answer,
+                            "answer_schema": fields, "gold_calls": calls, "gold_results": t["gold_results"][:j + 1],
+                            "tools": t["tools"], "split": t["split"]})
+    return out
+
+
+def _key(calls: list[dict], answer: dict) -> str:
+    return json.dumps([[[c["server"], c["tool"], c["arguments"]] for c in calls], answer], sort_keys=True,
+                      default=str)
