@@ -34,7 +34,7 @@ def fixture_tools(tmp_path_factory) -> Path:
 
 
 def _children_in(cwd: Path) -> list[int]:
-    """Our child processes whose working directory is in ``cwd`` (a DAG's folder: one sandbox per attempt)."""
+    """Our child processes whose working directory is in ``cwd`` (the folder of the sandbox slots)."""
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -70,7 +70,7 @@ def test_server_killed_mid_dag_is_restarted_and_the_dag_retried(tmp_path, fixtur
     killed, deadline = None, time.time() + 30
     while killed is None and time.time() < deadline:   # the first echo of dag-kill is on disk: it naps now
         if any(c["dag_id"] == "dag-kill" for c in read_jsonl(out / "calls.jsonl")):
-            pids = _children_in(tmp_path / "sb" / "dags" / "dag-kill")
+            pids = _children_in(tmp_path / "sb" / "slots")   # dag-kill's is the one stateful server
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed = pids[0]
