@@ -1,8 +1,10 @@
 """Stage 4, explorer: execute each sampled sub-DAG against the live servers and record every call.
 
-Nodes run in topological order. Each DAG gets a fresh copy of the seeded sandbox and fresh
-processes of the stateful servers it uses; stateless servers stay up in a shared pool. A proposer
-builds each call's arguments:
+Nodes run in topological order. Each DAG starts from the seeded sandbox: with ``warm_stateful`` it
+takes one of ``concurrency`` sandbox slots, restored in place after every DAG, whose stateful server
+processes stay up as their catalog ``reset`` allows (``files``: always; ``restart``: until a DAG calls
+a state-changing tool; ``always``: never); otherwise a fresh copy and fresh processes per DAG.
+Stateless servers stay up in a shared pool. A proposer builds each call's arguments:
 
 - ``heuristic`` (offline default, no LM): values along the DAG's field mappings from earlier
   outputs, then values observed earlier in the DAG under the same name, then the catalog's hints,
@@ -271,8 +273,8 @@ class ExploreSettings:
     startup_timeout_s: float = 30.0
     include_optional_prob: float = 0.5
     keep_sandboxes: bool = False
-    warm_stateful: bool = True    # reuse sandbox folders and the processes of `reset: files` servers across DAGs
-    warm_all: bool = False        # keep `reset: restart` servers warm too (the probe's one session per server)
+    warm_stateful: bool = True    # sandbox slots restored between DAGs; stateful processes kept as `reset` allows
+    warm_all: bool = False        # keep every stateful process, whatever its `reset` (the probe's one session per server)
 
 
 @dataclass
@@ -383,7 +385,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
     started = time.perf_counter()
     stateful = sorted({tools[n]["server"] for n in dag["nodes"] if specs[tools[n]["server"]].get("stateful")})
     # cold: one folder per attempt (a timed-out attempt's server may still be writing into its own);
-    # warm: a slot, restored to the seeded state after the DAG, its `reset: files` servers kept running
+    # warm: a slot, restored to the seeded state after the DAG, its servers kept as their `reset` allows
     slot = await pool.take_slot() if stateful and settings.warm_stateful else None
     sandbox = slot.path if slot is not None else sandboxes / dag["id"] / episode
     handles: dict[str, ServerHandle] = {}
