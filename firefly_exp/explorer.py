@@ -476,9 +476,7 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
         # often load (a startup timeout) rather than a broken install: worth one more attempt
         record.update(status="failed", reason=str(exc)[:300], server_failure=str(exc)[:300])
     finally:
-        warm = {id(h) for h in slot.handles.values()} if slot is not None else set()
-        await asyncio.gather(*(h.close() for h in handles.values() if id(h) not in warm), return_exceptions=True)
-        if slot is not None:
+        if slot is not None:   # every process started here belongs to the slot
             # a `reset: restart` server keeps its process only while no DAG changed its (in-memory) state
             stale = [sv for sv in stateful if not settings.warm_all and (
                 specs[sv].get("reset") == "always" or (sv in mutated and specs[sv].get("reset") != "files"))]
@@ -487,12 +485,14 @@ async def _run_dag(dag: dict, tools: dict, specs: dict, pool: _Pool, template: P
             if settings.keep_sandboxes:
                 await asyncio.to_thread(shutil.copytree, sandbox, sandboxes / dag["id"] / episode, symlinks=True)
             await pool.give_back(slot, discard_servers=not clean)
-        elif not settings.keep_sandboxes and sandbox.exists():
-            await asyncio.to_thread(shutil.rmtree, sandbox, True)
-            try:
-                sandbox.parent.rmdir()   # the DAG's folder, once its last attempt's is gone
-            except OSError:
-                pass
+        else:
+            await asyncio.gather(*(h.close() for h in handles.values()), return_exceptions=True)
+            if not settings.keep_sandboxes and sandbox.exists():
+                await asyncio.to_thread(shutil.rmtree, sandbox, True)
+                try:
+                    sandbox.parent.rmdir()   # the DAG's folder, once its last attempt's is gone
+                except OSError:
+                    pass
     record["wall_s"] = round(time.perf_counter() - started, 3)
     return record
 

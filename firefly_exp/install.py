@@ -97,7 +97,8 @@ def _write_marker(prefix: Path, data: dict) -> None:
     tmp.replace(prefix / MARKER)
 
 
-def _command_path(spec: dict, install_dir: Path) -> Path:
+def command_path(spec: dict, install_dir: Path) -> Path:
+    """The server's executable as installed under ``install_dir`` (exists once it is installed)."""
     return Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent",
                        servers=str(Path(install_dir).absolute())))
 
@@ -158,7 +159,7 @@ def install_pypi(spec: dict, install_dir: Path) -> tuple[str, str]:
     """(status, installed version) for one PyPI server."""
     prefix = install_prefix(spec, install_dir)
     want = _digest(pypi_fingerprint(spec))
-    if _read_marker(prefix).get("hash") == want and _command_path(spec, install_dir).exists():
+    if _read_marker(prefix).get("hash") == want and command_path(spec, install_dir).exists():
         return "up to date", _read_marker(prefix).get("version", "?")
     python = find_python(str(spec.get("python", "3.11")))
     if prefix.exists():
@@ -175,7 +176,7 @@ def install_pypi(spec: dict, install_dir: Path) -> tuple[str, str]:
     else:
         _run([python, "-m", "venv", str(prefix)])
         _run([venv_python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted])
-    command = _command_path(spec, install_dir)
+    command = command_path(spec, install_dir)
     if not command.exists():
         raise InstallError(f"installed, but its command {command} is missing (check `command` in the catalog)")
     version = _run([venv_python, "-c", "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
@@ -230,7 +231,7 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
     want = _digest({"manifest": manifest_path.read_text(), "lock": hashlib.sha256(lock).hexdigest(),
                     "node": node_version})
     marker = _read_marker(prefix)
-    if marker.get("hash") == want and all(_command_path(s, install_dir).exists() for s in wanted):
+    if marker.get("hash") == want and all(command_path(s, install_dir).exists() for s in wanted):
         versions = _npm_versions(prefix, wanted)
         return {**outcome, **{s["id"]: ("up to date", versions[s["id"]]) for s in wanted}}
     prefix.mkdir(parents=True, exist_ok=True)
@@ -245,8 +246,8 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
         _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
     versions = _npm_versions(prefix, wanted)
     for spec in wanted:
-        if not _command_path(spec, install_dir).exists():
-            outcome[spec["id"]] = (f"FAILED: installed, but its command {_command_path(spec, install_dir)} is missing", "?")
+        if not command_path(spec, install_dir).exists():
+            outcome[spec["id"]] = (f"FAILED: installed, but its command {command_path(spec, install_dir)} is missing", "?")
         elif versions[spec["id"]] != str(spec["version"]):
             outcome[spec["id"]] = (f"FAILED: asked for {spec['version']} but {versions[spec['id']]} was installed", "?")
         else:

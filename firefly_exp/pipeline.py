@@ -137,12 +137,9 @@ def server_specs(cfg_servers: dict) -> dict[str, dict]:
 
 def check_installed(specs: dict[str, dict], install_dir: Path) -> None:
     """A one-line error naming the enabled servers that are not installed, and the command that installs them."""
-    from .install import enabled_ids
-    from .mcp_client import expand, install_prefix
+    from .install import command_path, enabled_ids
 
-    missing = [sid for sid, spec in specs.items()
-               if not Path(expand(spec["command"], env=str(install_prefix(spec, install_dir)), sandbox="/nonexistent",
-                                  servers=str(Path(install_dir).absolute()))).exists()]
+    missing = [sid for sid, spec in specs.items() if not command_path(spec, install_dir).exists()]
     if not missing:
         return
     target = "make servers" if set(missing) <= set(enabled_ids("default")) else "make servers-full"

@@ -7,8 +7,8 @@ find *value* evidence: a tool whose result holds a value known to be valid for a
 parameter (a catalog hint, e.g. a table name, a file path, a commit hash) can feed that tool.
 
 Every tool starts from the seeded files (the sandbox slot is restored between tools), and each
-stateful server runs as one process for all its tools (a *probe session*): servers marked
-``reset: restart`` keep their in-memory state from one probed tool to the next, which saves a
+stateful server runs as one process for all its tools (a *probe session*, whatever its ``reset``):
+servers with state in memory keep it from one probed tool to the next, which saves a
 restart per tool (basic-memory takes ~5 s to start) and only ever adds context to a probe.
 
     calls = probe_tools(tools, specs, install_dir, sandbox_root, out, seed, settings)

@@ -294,8 +294,7 @@ def restore_sandbox(template: Path, dest: Path, manifest: dict[str, tuple] | Non
         changed += 1
     for rel in sorted(manifest, key=lambda r: r.count("/")):  # parents before children
         want = manifest[rel]
-        have = current.get(rel)
-        if have == want and (want[0] != "D" or (dest / rel).is_dir()):
+        if current.get(rel) == want:   # a removed folder's children are never in the template
             continue
         src, path = template / rel, dest / rel
         if want[0] == "D":

@@ -59,8 +59,6 @@ def discovered(server_id: str, tmp_path: Path):
 
 
 def installed(server_id: str) -> bool:
-    from firefly_exp.mcp_client import expand, install_prefix
+    from firefly_exp.install import command_path
 
-    spec = catalog_spec(server_id)
-    cmd = expand(spec["command"], env=str(install_prefix(spec, PROJECT_ROOT / ".servers")), sandbox="/x")
-    return Path(cmd).exists()
+    return command_path(catalog_spec(server_id), PROJECT_ROOT / ".servers").exists()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from firefly_exp.install import load_catalog, pypi_fingerprint
-from firefly_exp.mcp_client import VIRTUAL_ROOT, ServerHandle, expand, install_prefix
+from firefly_exp.install import command_path, load_catalog, pypi_fingerprint
+from firefly_exp.mcp_client import VIRTUAL_ROOT, ServerHandle
 from firefly_exp.sandbox import SeedError, copy_sandbox, fingerprint, seed_sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +47,7 @@ CHECKS: dict[str, tuple[str, dict, list[str]]] = {
 
 
 def installed(spec: dict) -> bool:
-    command = expand(spec["command"], env=str(install_prefix(spec, INSTALL_DIR)), sandbox="/x")
-    return Path(command).exists()
+    return command_path(spec, INSTALL_DIR).exists()
 
 
 def require_installed(spec: dict) -> None:
