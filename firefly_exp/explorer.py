@@ -100,6 +100,70 @@ def _fits(value: Any, schema: dict) -> bool:
         return False
     if "enum" in schema and value not in schema["enum"]:
         return False
+    return _within(value, schema)
+
+
+def _within(value: Any, schema: dict) -> bool:
+    """The schema's bounds: minimum/maximum, string lengths and pattern, array lengths.
+
+    >>> _within(0, {"minimum": 1}), _within([], {"minItems": 1}), _within("Sales", {"pattern": "^[A-Z]"})
+    (False, False, True)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bounds = (("minimum", lambda b: value >= b), ("maximum", lambda b: value <= b),
+                  ("exclusiveMinimum", lambda b: value > b), ("exclusiveMaximum", lambda b: value < b))
+        return all(ok(schema[k]) for k, ok in bounds if isinstance(schema.get(k), (int, float))
+                   and not isinstance(schema.get(k), bool))
+    if isinstance(value, str):
+        if len(value) < int(schema.get("minLength") or 0) or len(value) > int(schema.get("maxLength") or 1 << 30):
+            return False
+        if isinstance(schema.get("pattern"), str):
+            try:
+                return re.search(schema["pattern"], value) is not None
+            except re.error:   # a dialect Python's re does not read: not ours to judge
+                return True
+        return True
+    if isinstance(value, list):
+        return int(schema.get("minItems") or 0) <= len(value) <= int(schema.get("maxItems") or 1 << 30)
+    return True
+
+
+_PATHLIKE = ("path", "file", "dir", "folder")
+_FILE_NAME = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}$")
+
+
+def _numeric(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value).strip())
+        return True
+    except ValueError:
+        return False
+
+
+def passable(value: Any, name: str, schema: dict, hinted: list) -> bool:
+    """Whether a value taken from an earlier result suits a string parameter, beyond its JSON type:
+    a number never names a path, nor fills a parameter whose hinted values are all words; a path
+    parameter takes a path or a file name, on one line.
+
+    >>> [passable(v, "path", {"type": "string"}, []) for v in (1.0, "4.0", "/sandbox/a.xlsx", "notes.md", "main")]
+    [False, False, True, True, False]
+    >>> passable(12, "target", {"type": "string"}, ["main"]), passable(12, "query", {"type": "string"}, [])
+    (False, True)
+    """
+    typ = schema.get("type")
+    types = set(typ) if isinstance(typ, list) else {typ}
+    if "string" not in types or types & {"number", "integer"}:
+        return True
+    pathlike = any(t in name.lower() for t in _PATHLIKE)
+    if _numeric(value):
+        return not pathlike and (not hinted or any(_numeric(h) for h in hinted))
+    if pathlike and isinstance(value, str):
+        v = value.strip()
+        return "\n" not in v and ("/" in v or "\\" in v or bool(_FILE_NAME.search(v)))
     return True
 
 
@@ -162,6 +226,7 @@ class HeuristicProposer:
                     if v is not None and not isinstance(v, (dict, list)):
                         out.append((v, f"edge:{src['step']}:{path}"))
         hinted = hinted_values(ctx.hints, ctx.tool["name"], name)
+        out = [c for c in out if passable(c[0], name, schema, hinted)]
         # confirmed flow: an earlier result holds a value known to be valid here (a hint), so pass it on
         known = {h.strip() for h in hinted if isinstance(h, str) and len(h.strip()) >= 3}
         confirmed = []
@@ -174,7 +239,7 @@ class HeuristicProposer:
         out = edge_known + confirmed + [c for c in out if c not in edge_known]
         for obs in reversed(ctx.observations):  # values seen earlier under the same name
             for path, v in leaves(obs["value"]):
-                if path.split(".")[-1] == name and v is not None and _short(v):
+                if path.split(".")[-1] == name and v is not None and _short(v) and passable(v, name, schema, hinted):
                     out.append((v, f"pool:{obs['step']}:{path}"))
         ctx.rng.shuffle(hinted)
         out.extend((v, "hint") for v in hinted)

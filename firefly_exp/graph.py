@@ -19,8 +19,8 @@ it, computed in row blocks together with the similarity and a top-k per source (
 ``flow_score`` is the same score for one pair (the reference the tests compare against).
 
 Writes ``edges.parquet`` (source, target, score, flow, similarity, confidence, evidence, mapping,
-cross_server, observed), ``nodes.parquet`` (tool, server, domain, answers: the probe
-found a value a task could ask for; null without a probe), ``graph.png``, ``report.json`` and,
+cross_server, observed), ``nodes.parquet`` (tool, server, domain; ``probe_ok``: its probe call succeeded;
+``answers``: the probe found a value a task could ask for; both null without a probe), ``graph.png``, ``report.json`` and,
 when observations were given, ``inferred_schemas.parquet``.
 """
 
@@ -314,7 +314,7 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 max_out_degree: int = 12, lm_judge: dict | None = None, lm=None, embedding: dict | None = None,
                 observed_calls: list[dict] | None = None, cache_dir: str | Path | None = None,
                 infer_schemas: bool = True, probe_calls: list[dict] | None = None,
-                hints: dict[str, dict[str, list]] | None = None) -> dict:
+                hints: dict[str, dict[str, list]] | None = None, drop_echoes: bool = True) -> dict:
     """Score every ordered pair of tools, keep the edges, save them; returns the stage metrics.
 
     ``observed_calls``: the calls of an earlier exploration (optional): they give inferred output
@@ -322,7 +322,10 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
     ``probe_calls``: each tool called once on a seeded sandbox (the probe stage): inferred output
     schemas, and with ``hints`` (catalog values known valid per tool and parameter) and
     ``weights.value`` > 0, value evidence: A -> B when a probed result of A holds a value valid for
-    a parameter of B (mapping: that parameter <- the path where A returned it)."""
+    a parameter of B (mapping: that parameter <- the path where A returned it). ``drop_echoes``: a
+    mapping from a result field where A's probe only echoed one of its own arguments passes on
+    nothing the caller did not already give A (:func:`echo_paths`): such entries are dropped, and an
+    edge left without a mapping with them."""
     from .observed import observed_flow
     from .schemas import infer_output_schemas
 
@@ -391,6 +394,20 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
             if src in known and tgt in known:
                 n_value += 1
                 confirm(src, tgt, level, mapping, "value")
+    n_echo = 0
+    if probe_calls and drop_echoes:
+        echoes = echo_paths(probe_calls)
+        kept = []
+        for e in candidates:
+            echoed = echoes.get(e["source"], set())
+            mapping = {p: path for p, path in e["mapping"].items() if generic_path(path) not in echoed}
+            if e["mapping"] and not mapping:
+                n_echo += 1
+                by_pair.pop((e["source"], e["target"]), None)
+                continue
+            e["mapping"] = mapping
+            kept.append(e)
+        candidates = kept
     graph = nx.DiGraph()
     for r in rows:
         graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
@@ -407,18 +424,74 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 "observed": pl.Int64, "cross_server": pl.Boolean})
     frame.write_parquet(out_dir / "edges.parquet")
     answering = answering_tools(probe_calls, rows) if probe_calls else None
+    # a tool whose probe call failed (seeded state, hinted arguments) works only when a DAG feeds it
+    answered = ({f"{c['server']}/{c['tool']}" for c in probe_calls if not c["is_error"]}
+                if probe_calls else None)
     pl.DataFrame([{"tool": r["tool"], "server": r["server"], "domain": r["domain"],
-                   "answers": None if answering is None else r["tool"] in answering} for r in rows],
-                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8, "answers": pl.Boolean}
+                   "answers": None if answering is None else r["tool"] in answering,
+                   "probe_ok": None if answered is None else r["tool"] in answered} for r in rows],
+                 schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8, "answers": pl.Boolean,
+                         "probe_ok": pl.Boolean}
                  ).write_parquet(out_dir / "nodes.parquet")
     plot_graph(graph, out_dir / "graph.png")
     metrics = graph_report(frame, n, graph)
     metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
+                    "echo_edges_dropped": n_echo,
                     "answering_tools": None if answering is None else len(answering),
+                    "probe_failed_tools": None if answered is None else len(rows) - len(answered & {r["tool"] for r in rows}),
                     "inferred_schemas": len(inferred),
                     **{f"agreement.{k}": v for k, v in agreement.items()}})
     write_json_atomic(out_dir / "report.json", metrics)
     return metrics
+
+
+def generic_path(path: str) -> str:
+    """A result path with every array index as 0 (``rows.3.name`` -> ``rows.0.name``), as mappings name
+    it; the whole result (``""`` or ``*``) as ``*``.
+
+    >>> generic_path("rows.3.name"), generic_path(""), generic_path("v2.x")
+    ('rows.0.name', '*', 'v2.x')
+    """
+    return "*" if path in ("", "*") else re.sub(r"(?<![^.])\d+(?![^.])", "0", path)
+
+
+def echo_paths(probe_calls: list[dict]) -> dict[str, set[str]]:
+    """Per tool, the result paths (:func:`generic_path`; ``*`` for the whole result) where its probe
+    returned one of its own arguments: under the argument's own name, or a string of 3+ characters
+    (``{"n": 97}`` -> ``{"n": 97, ...}``; a commit message echoed back). Passing such a value on is
+    no data flow: the caller had it already.
+
+    >>> calls = [{"server": "m", "tool": "farey", "is_error": False, "arguments": {"n": 97, "k": 1},
+    ...           "content": [{"type": "text", "text": '{"n": 97, "count": 1, "terms": [{"k": 1}]}'}]},
+    ...          {"server": "g", "tool": "commit", "is_error": False, "arguments": {"message": "Add notes"},
+    ...           "content": [{"type": "text", "text": "Add notes"}]}]
+    >>> sorted((t, sorted(p)) for t, p in echo_paths(calls).items())
+    [('g/commit', ['*']), ('m/farey', ['n', 'terms.0.k'])]
+    """
+    from .results import leaves, value_of
+
+    def norm(v):
+        return json.dumps(v.strip() if isinstance(v, str) else v, default=str)
+
+    out: dict[str, set[str]] = {}
+    for c in probe_calls:
+        if c["is_error"]:
+            continue
+        given = [(p.split(".")[-1], v) for p, v in leaves(c["arguments"] or {}) if not isinstance(v, (dict, list))]
+        named = {(k, norm(v)) for k, v in given}
+        texts = {norm(v) for _, v in given if isinstance(v, str) and len(v.strip()) >= 3}
+        value = value_of(c)
+        paths = out.setdefault(f"{c['server']}/{c['tool']}", set())
+        if not isinstance(value, (dict, list)):
+            if value is not None and norm(value) in texts | {v for _, v in named}:
+                paths.add("*")
+            continue
+        for p, v in leaves(value):
+            if isinstance(v, (dict, list)) or v is None or isinstance(v, bool):
+                continue
+            if (p.split(".")[-1], norm(v)) in named or norm(v) in texts:
+                paths.add(generic_path(p))
+    return out
 
 
 def answering_tools(probe_calls: list[dict], rows: list[dict]) -> set[str]:
@@ -504,7 +577,8 @@ def load_graph(folder: Path) -> nx.DiGraph:
     """The graph saved by :func:`build_graph` (``nodes.parquet`` + ``edges.parquet``), mappings as dicts."""
     graph = nx.DiGraph()
     for r in pl.read_parquet(Path(folder) / "nodes.parquet").iter_rows(named=True):
-        graph.add_node(r["tool"], server=r["server"], domain=r["domain"], answers=r.get("answers"))
+        graph.add_node(r["tool"], server=r["server"], domain=r["domain"], answers=r.get("answers"),
+                       probe_ok=r.get("probe_ok"))
     edges = pl.read_parquet(Path(folder) / "edges.parquet", columns=["source", "target", "score", "confidence", "mapping"])
     graph.add_edges_from((r["source"], r["target"], {"score": r["score"], "confidence": r["confidence"],
                                                      "mapping": json.loads(r["mapping"])})

@@ -28,6 +28,12 @@ VIRTUAL_ROOT = "/sandbox"
 logging.getLogger("mcp.client.stdio").setLevel(logging.CRITICAL)
 
 
+# Servers run offline and from a fresh HOME, where no "last checked" stamp survives: without these,
+# every FastMCP server start asks PyPI for a newer FastMCP and draws a banner, and npm's
+# update-notifier asks the registry too.
+QUIET_ENV = {"FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_SHOW_SERVER_BANNER": "false", "NO_UPDATE_NOTIFIER": "1"}
+
+
 class ServerStartError(RuntimeError):
     """A server could not be launched or did not answer ``initialize``."""
 
@@ -127,7 +133,7 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
         )
     # HOME and TMPDIR inside the sandbox: whatever a server writes "to its home" or to a temp file
     # stays in the sandbox; the SDK adds only PATH, USER, SHELL, TERM, LOGNAME (no API keys)
-    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp")}
+    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp"), **QUIET_ENV}
     env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
     return StdioServerParameters(
         command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],
@@ -190,6 +196,7 @@ class ServerHandle:
     _failure: BaseException | None = None
     _pid: int | None = None
     _command: str | None = None
+    _listed: bool = False
 
     def __post_init__(self) -> None:
         # the server runs with cwd=sandbox: relative paths would resolve against the wrong folder
@@ -302,6 +309,14 @@ class ServerHandle:
             return CallOutcome([{"type": "text", "text": f"server '{self.id}' is not running"}],
                                None, True, "crash", 0.0)
         try:
+            if not self._listed:
+                # the SDK validates results against the listed output schemas and, for a tool it has
+                # not seen listed, re-lists the tools before every call: with a paginated listing
+                # (chuk-math's 642 tools) only the first page, so every later-page call re-listed
+                # it. One full listing per process fills the SDK's cache.
+                await self.list_tools()
+                self._listed = True
+                started = time.perf_counter()
             # asyncio.timeout, not wait_for: no extra task per call (the engine's per-call overhead)
             async with asyncio.timeout(timeout):
                 result = await self.session.call_tool(tool, to_real(arguments, self.sandbox))

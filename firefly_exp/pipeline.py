@@ -229,7 +229,7 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
                 tools, out, g["weights"], g["thresholds"], g["max_out_degree"], g.get("lm_judge"), lm,
                 embedding={k: v for k, v in (g.get("embedding") or {}).items() if k != "cache"},
                 observed_calls=observed_calls, infer_schemas=g.get("infer_schemas", True),
-                probe_calls=probe_calls, hints=hints,
+                probe_calls=probe_calls, hints=hints, drop_echoes=g.get("drop_echoes", True),
                 cache_dir=Path(conf["paths"]["outputs"]) / "cache" if (g.get("embedding") or {}).get("cache") else None),
                 lm),
             (graph,), ("edges.parquet", "nodes.parquet", "graph.png", "report.json", "inferred_schemas.parquet"))

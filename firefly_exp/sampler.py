@@ -19,7 +19,13 @@ Strategies (``conf/sampler/<strategy>.yaml``):
 successor. Constraints: ``min_size``/``max_size``, ``max_depth``, ``min_servers``/``max_servers``,
 ``require_cross_server``; ``answer_sink`` (graph-guided only) keeps a DAG only if one of its sinks is a
 tool whose probe result held answer material (the graph's node ``answers``), since a DAG that ends
-in writes, echoes or failures gives no task. DAGs are deduplicated by content (nodes and edges). Every DAG records its
+in writes, echoes or failures gives no task. ``probe_failed`` (graph-guided only): a tool whose probe
+call failed (the graph's node ``probe_ok``; it needs a precondition, such as a name another call
+creates or a session id another call returns) joins a DAG only when fed: ``same_server`` (default)
+only through a mapped edge from a tool of its own server, ``skip`` never, ``allow`` like any tool.
+``server_weights`` (graph-guided only): ``{server: factor}`` multiplies the odds of that server's
+tools at every draw (start, step, branch): below 1 for servers whose DAGs cost far more than others
+(a fresh process per DAG that takes seconds of CPU to start). DAGs are deduplicated by content (nodes and edges). Every DAG records its
 nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
 mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes.png``.
 """
@@ -109,22 +115,47 @@ def _answer_sink(graph: nx.DiGraph, nodes: list[str], edges: list[dict]) -> bool
     return any(graph.nodes[n].get("answers") is not False for n in nodes if n not in sources)
 
 
+PROBE_FAILED = ("same_server", "skip", "allow")
+
+
+def _feeds(graph: nx.DiGraph, u: str, v: str, d: dict, probe_failed: str) -> bool:
+    """Whether the edge u -> v may bring v into a DAG: v's probe call succeeded (or there was no probe),
+    or (``same_server``) u is a tool of v's own server whose output maps onto v's parameters."""
+    if graph.nodes[v].get("probe_ok") is not False or probe_failed == "allow":
+        return True
+    return probe_failed == "same_server" and bool(d.get("mapping")) and u.split("/")[0] == v.split("/")[0]
+
+
+def _all_fed(graph: nx.DiGraph, nodes: list[str], edges: list[dict], probe_failed: str) -> bool:
+    """Every node of the DAG either passed its probe or has an in-edge that may feed it (:func:`_feeds`)."""
+    fed = {e["target"] for e in edges if _feeds(graph, e["source"], e["target"], e, probe_failed)}
+    return all(n in fed or graph.nodes[n].get("probe_ok") is not False or probe_failed == "allow" for n in nodes)
+
+
 class _Walker:
     """Adjacency of the tool graph as plain lists (fast to sample from) and per-draw constraints."""
 
     def __init__(self, graph: nx.DiGraph, allowed: set[str], max_depth: int, max_servers: int,
-                 level_weights: dict | None):
-        self.succ = {u: [(v, d) for v, d in graph[u].items() if v in allowed] for u in allowed}
+                 level_weights: dict | None, probe_failed: str = "same_server", server_weights: dict | None = None):
+        # only edges that may bring their target in (:func:`_feeds`): a walk never steps onto a tool
+        # that would fail for want of its precondition
+        self.succ = {u: [(v, d) for v, d in graph[u].items() if v in allowed and _feeds(graph, u, v, d, probe_failed)]
+                     for u in allowed}
         self.pred = {u: [(v, graph[v][u]) for v in graph.predecessors(u) if v in allowed] for u in allowed}
+        self.unfed = {u for u in allowed if not _all_fed(graph, [u], [], probe_failed)}   # cannot be a root
         self.max_depth, self.max_servers = max_depth, max_servers
         self.level_weights = level_weights or {"high": 1.0, "medium": 0.5, "low": 0.15}
+        self.server_weights = {str(k): float(v) for k, v in (server_weights or {}).items()}
         self.usage: dict[str, int] = {}
         self.server_usage: dict[str, int] = {}
 
+    def server_weight(self, v: str) -> float:
+        return self.server_weights.get(v.split("/")[0], 1.0)
+
     def weight(self, strategy: str, v: str, d: dict) -> float:
         if strategy == "weighted":
-            return float(self.level_weights.get(d["confidence"], 0.05))
-        w = d["score"] ** 2
+            return float(self.level_weights.get(d["confidence"], 0.05)) * self.server_weight(v)
+        w = d["score"] ** 2 * self.server_weight(v)
         if strategy == "coverage":
             w /= (1 + self.usage.get(v, 0)) * (1 + 0.2 * self.server_usage.get(v.split("/")[0], 0))
         return w
@@ -167,6 +198,8 @@ class _Walker:
                 continue
             options = [(v, d) for v, d in self.succ[u] if self._fits(v, nodes)]
             rng.shuffle(options)
+            if self.server_weights:
+                options.sort(key=lambda o: -self.server_weight(o[0]) * rng.random())
             burn = 1
             while rng.random() < burn_prob:
                 burn += 1
@@ -183,11 +216,11 @@ class _Walker:
         nodes, edges = [hub], []
         options = list(self.succ[hub] if direction == "out" else self.pred[hub])
         rng.shuffle(options)
-        options.sort(key=lambda o: -o[1]["score"] * rng.random())
+        options.sort(key=lambda o: -o[1]["score"] * self.server_weight(o[0]) * rng.random())
         for v, d in options:
             if len(nodes) >= size:
                 break
-            if self._fits(v, nodes):
+            if self._fits(v, nodes) and (direction == "out" or v not in self.unfed):
                 nodes.append(v)
                 edges.append(_edge(hub, v, d) if direction == "out" else _edge(v, hub, d))
         return nodes, edges
@@ -199,32 +232,37 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
                    branch_prob: float = 0.3, burn_prob: float = 0.5, start_rule: str = "firefly",
                    min_confident_successors: int = 2, level_weights: dict | None = None,
                    max_attempts_factor: int = 30, servers: list[str] | None = None, answer_sink: bool = True,
+                   probe_failed: str = "same_server", server_weights: dict | None = None,
                    plot: bool = True) -> dict:
     """Draw ``n_dags`` distinct sub-DAGs; writes dags.jsonl (and shapes.png) and returns the stage metrics."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sampler strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
     if start_rule not in ("firefly", "any"):
         raise ValueError(f"unknown sampler.start_rule '{start_rule}': use firefly or any")
+    if probe_failed not in PROBE_FAILED:
+        raise ValueError(f"unknown sampler.probe_failed '{probe_failed}': use one of {', '.join(PROBE_FAILED)}")
     nodes_all = sorted(graph.nodes)
     if servers:
         nodes_all = [n for n in nodes_all if n.split("/")[0] in set(servers)]
-    walker = _Walker(graph, set(nodes_all), max_depth, max_servers, level_weights) if strategy != "uniform" else None
+    walker = (_Walker(graph, set(nodes_all), max_depth, max_servers, level_weights, probe_failed, server_weights)
+              if strategy != "uniform" else None)
     starts: list[str] = []
     if walker is not None:
-        if strategy == "fan_in":
-            starts = [u for u in nodes_all if len(walker.pred[u]) >= 2]
+        unfed = walker.unfed   # a DAG's first tool has nothing to feed it: it must work on the seeded state
+        if strategy == "fan_in":   # the hub is the sink; its predecessors are the roots
+            starts = [u for u in nodes_all if sum(v not in unfed for v, _ in walker.pred[u]) >= 2]
         else:
             confident = {u: sum(1 for _, d in walker.succ[u] if d["confidence"] in CONFIDENT) for u in nodes_all}
             if start_rule == "firefly":
-                starts = [u for u in nodes_all if confident[u] >= min_confident_successors]
+                starts = [u for u in nodes_all if confident[u] >= min_confident_successors and u not in unfed]
             if not starts:
                 need = 2 if strategy == "fan_out" else 1
-                starts = [u for u in nodes_all if len(walker.succ[u]) >= need]
+                starts = [u for u in nodes_all if len(walker.succ[u]) >= need and u not in unfed]
         if not starts:
             raise ValueError("the tool graph has no edges to walk: lower graph.thresholds.low or use sampler=uniform")
     dags: list[dict] = []
     seen: set[str] = set()
-    attempt = rejected_sink = 0
+    attempt = rejected_sink = rejected_unfed = 0
     while len(dags) < n_dags and attempt < n_dags * max_attempts_factor:
         rng = rng_for(seed, "sampler", strategy, attempt)
         attempt += 1
@@ -236,7 +274,8 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
                 pool = rng.sample(starts, min(8, len(starts)))
                 start = min(pool, key=lambda u: (walker.usage.get(u, 0), walker.server_usage.get(u.split("/")[0], 0)))
             else:
-                start = rng.choice(starts)
+                start = (rng.choices(starts, weights=[walker.server_weight(u) for u in starts])[0]
+                         if walker.server_weights else rng.choice(starts))
             if strategy in ("random_walk", "weighted", "coverage"):
                 nodes, edges = walker.walk(strategy, start, rng, size, branch_prob)
             elif strategy == "forest_fire":
@@ -248,6 +287,9 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
             continue
         if answer_sink and walker is not None and not _answer_sink(graph, nodes, edges):
             rejected_sink += 1
+            continue
+        if walker is not None and not _all_fed(graph, nodes, edges, probe_failed):
+            rejected_unfed += 1   # a fan-in's hub whose preds could not feed it, a fan-out root
             continue
         dag = _make_dag(nodes, edges, seed, len(dags), strategy)
         if dag["id"] in seen:
@@ -262,6 +304,7 @@ def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = 
     metrics = dag_metrics(dags, nodes_all)
     metrics["attempts"] = attempt
     metrics["rejected_no_answer_sink"] = rejected_sink
+    metrics["rejected_unfed_probe_failed"] = rejected_unfed
     if plot:
         plot_shapes(metrics, Path(out_dir) / "shapes.png", strategy)
     return metrics

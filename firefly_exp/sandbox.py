@@ -119,9 +119,11 @@ def _run_env(root: Path, extra: dict | None) -> dict[str, str]:
 
 
 def seed_sandbox(root: Path, specs: list[dict]) -> None:
-    """Run every spec's ``seed`` steps into ``root`` (created, with ``root/home``)."""
+    """Run every spec's ``seed`` steps into ``root`` (created, with ``root/home`` and ``root/tmp``, the
+    servers' HOME and TMPDIR: a restored sandbox slot keeps them, so warm servers can still write there)."""
     root = Path(root).absolute()
     (root / "home").mkdir(parents=True, exist_ok=True)
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}  # canonical step -> server that ran it
     owner: dict[str, tuple[str, str]] = {}  # written path -> (canonical step, server)
     for spec in specs:

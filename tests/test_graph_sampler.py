@@ -116,3 +116,71 @@ def test_dags_end_in_a_tool_that_answers(tmp_path):
     loose.mkdir()
     assert sample_subdags(g, loose, seed=3, n_dags=15, min_size=2, max_size=3, start_rule="any",
                           answer_sink=False)["rejected_no_answer_sink"] == 0
+
+
+def test_tools_whose_probe_failed_join_only_when_fed(tmp_path):
+    """probe_failed: a tool whose probe call failed (it needs a precondition: a name or id another call
+    makes) never starts a DAG and joins one only through a mapped edge from its own server
+    (``same_server``), never (``skip``), or like any tool (``allow``)."""
+    g = _graph()
+    failed = {"s1/t1", "s2/t5", "s0/t6"}
+    for n in g.nodes:
+        g.nodes[n]["probe_ok"] = n not in failed
+    seen = set()
+    for strategy in ("random_walk", "forest_fire", "fan_out", "fan_in"):
+        out = tmp_path / strategy
+        out.mkdir()
+        sample_subdags(g, out, seed=5, strategy=strategy, n_dags=15, min_size=2, max_size=4, start_rule="any")
+        for d in read_jsonl(out / "dags.jsonl"):
+            for n in set(d["nodes"]) & failed:
+                feeders = [e for e in d["edges"] if e["target"] == n]
+                assert any(e["mapping"] and e["source"].split("/")[0] == n.split("/")[0] for e in feeders), (n, d)
+                seen.add(n)
+    assert seen   # fed ones do take part
+    skip, allow = tmp_path / "skip", tmp_path / "allow"
+    skip.mkdir(), allow.mkdir()
+    sample_subdags(g, skip, seed=5, n_dags=15, min_size=2, max_size=4, start_rule="any", probe_failed="skip")
+    assert not any(set(d["nodes"]) & failed for d in read_jsonl(skip / "dags.jsonl"))
+    sample_subdags(g, allow, seed=5, n_dags=30, min_size=2, max_size=4, start_rule="any", probe_failed="allow")
+    allowed = read_jsonl(allow / "dags.jsonl")
+    assert any(d["nodes"][0] in failed for d in allowed)   # unfed, even as the first tool
+    with pytest.raises(ValueError, match="sampler.probe_failed"):
+        sample_subdags(g, tmp_path, seed=5, probe_failed="sometimes")
+
+
+def test_edges_that_only_pass_an_echoed_argument_are_dropped(tools, tmp_path):
+    """A probe where list_files returned its own `folder` argument as `path`: the list_files -> read_file
+    edge (path <- path) would pass on only what the caller gave list_files, so it goes; with
+    drop_echoes off, or a probe that returned a real path, it stays."""
+    def probe(path_value):
+        return [{"server": "files", "tool": "list_files", "is_error": False, "arguments": {"folder": "/data/in"},
+                 "content": [{"type": "text", "text": json.dumps({"path": path_value, "size": 3})}]}]
+
+    weights, thresholds = {"flow": 1.0, "similarity": 0.0}, {"low": 0.3, "medium": 0.5, "high": 0.8}
+    echoed, kept, off = tmp_path / "echo", tmp_path / "real", tmp_path / "off"
+    for p in (echoed, kept, off):
+        p.mkdir()
+    m = build_graph(tools, echoed, weights, thresholds, probe_calls=probe("/data/in"))
+    assert not load_graph(echoed).has_edge("files/list_files", "files/read_file") and m["echo_edges_dropped"] >= 1
+    build_graph(tools, kept, weights, thresholds, probe_calls=probe("/data/in/a.txt"))
+    assert load_graph(kept)["files/list_files"]["files/read_file"]["mapping"] == {"path": "path"}
+    build_graph(tools, off, weights, thresholds, probe_calls=probe("/data/in"), drop_echoes=False)
+    assert load_graph(off).has_edge("files/list_files", "files/read_file")
+    nodes = pl.read_parquet(kept / "nodes.parquet")
+    assert nodes.filter(pl.col("tool") == "files/list_files")["probe_ok"].item() is True
+    assert nodes.filter(pl.col("tool") == "files/read_file")["probe_ok"].item() is False   # never probed
+
+
+def test_server_weights_lower_a_costly_servers_odds(tmp_path):
+    """server_weights: a server at a small factor turns up in far fewer DAGs; unset, sampling is as before."""
+    def share(out, **kw):
+        out.mkdir()
+        sample_subdags(_graph(), out, seed=2, n_dags=40, min_size=2, max_size=3, start_rule="any", **kw)
+        dags = read_jsonl(out / "dags.jsonl")
+        return sum(any(n.startswith("s1/") for n in d["nodes"]) for d in dags) / len(dags), dags
+
+    base, plain = share(tmp_path / "plain")
+    low, _ = share(tmp_path / "low", server_weights={"s1": 0.02})
+    assert base > 0.5 and low < base / 2
+    _, same = share(tmp_path / "empty", server_weights={})
+    assert [d["id"] for d in same] == [d["id"] for d in plain]
