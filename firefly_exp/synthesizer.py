@@ -81,6 +81,26 @@ def describe_path(path: str) -> str:
     return f"the value at {out}"
 
 
+def field_description(result_value: Any, path: str, tool: str, step: int) -> str:
+    """How a question names an answer field: by its key, and by its place too when the result holds that
+    key more than once with different values (rows of a table, nested objects), so the label is the only
+    right answer.
+
+    >>> rows = [{"name": "orders"}, {"name": "customers"}]
+    >>> field_description(rows, "1.name", "list_tables", 1)
+    'the name at [1].name returned by list_tables in step 1'
+    >>> field_description({"n": 3}, "n", "count", 2)
+    'the n returned by count in step 2'
+    """
+    def key(p: str) -> str:   # "" for the whole result or an element of a list
+        last = p.split(".")[-1]
+        return "" if last.isdigit() else last
+
+    values = {json.dumps(v, sort_keys=True, default=str) for p, v in leaves(result_value) if key(p) == key(path)}
+    where = f" at {describe_path(path)[len('the value at '):]}" if path and len(values) > 1 else ""
+    return f"the {key(path) or 'result'}{where} returned by {tool} in step {step}"
+
+
 def candidate_fields(value: Any, max_len: int) -> list[tuple[str, Any]]:
     out = []
     for path, v in leaves(value):
@@ -357,9 +377,8 @@ def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str,
             for k, path, value in picks:
                 name = field_name(path or gold[k]["tool"] + "_result", taken)
                 taken.add(name)
-                what = path.split(".")[-1] if path and not path.split(".")[-1].isdigit() else "result"
                 fields[name] = {"type": json_type(value),
-                                "description": f"the {what} returned by {gold[k]['tool']} in step {k + 1}"}
+                                "description": field_description(value_of(gold[k]), path, gold[k]["tool"], k + 1)}
                 answer[name] = value
                 provenance[name] = {"step": k, "seq": gold[k]["seq"], "path": path,
                                     "tool": f"{gold[k]['server']}/{gold[k]['tool']}"}

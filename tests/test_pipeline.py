@@ -68,6 +68,30 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
     assert first["stages"]["explorer"]["metrics"]["warm_reuses"] > 0
 
 
+def test_every_answer_field_names_one_value(smoke_runs):
+    """A field whose key repeats in its result with other values (rows of a table) is asked for by its place
+    as well, so the question has one right answer."""
+    from firefly_exp.results import leaves, value_of
+    from firefly_exp.synthesizer import describe_path
+
+    def key(path):
+        last = path.split(".")[-1]
+        return "" if last.isdigit() else last
+
+    tasks = read_jsonl(smoke_runs[0]["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
+    repeated = 0
+    for t in tasks:
+        for name, prov in t["provenance"].items():
+            value = value_of(t["gold_results"][prov["step"]])
+            others = [v for p, v in leaves(value) if key(p) == key(prov["path"]) and v != t["answer"][name]]
+            where = describe_path(prov["path"])[len("the value at "):]
+            if others:
+                repeated += 1
+                assert f" at {where} " in t["answer_schema"][name]["description"], t["answer_schema"][name]
+                assert where in t["question"]
+    assert repeated > 0      # the smoke servers return tables: the case is exercised
+
+
 def test_summary_latest_and_mlflow(smoke_runs):
     first, second, _, tmp = smoke_runs
     summary = json.loads((tmp / "run1" / "summary.json").read_text())

@@ -19,7 +19,7 @@ import json
 
 from ..results import field_name, json_type, value_of
 from ..sampler import rng_for
-from ..synthesizer import _leaks, candidate_fields, template_question
+from ..synthesizer import _leaks, candidate_fields, field_description, template_question
 from .chat import tool_response_text
 
 
@@ -43,14 +43,10 @@ def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: in
                 continue
             shown = tool_response_text(result, max_response_chars)
             given = json.dumps([c["arguments"] for c in calls], ensure_ascii=False, default=str)
-            cands, names = [], set()
-            for p, v in candidate_fields(value_of(result), max_value_len):
-                # a field name says which key, not which row: only its first occurrence is asked for
-                if field_name(p) in names:
-                    continue
-                names.add(field_name(p))
-                if json.dumps(v, ensure_ascii=False) in shown and not _leaks(v, given):
-                    cands.append((p, v))
+            # a field that repeats in the result (rows of a table) is asked for by its place as well
+            # (synthesizer.field_description)
+            cands = [(p, v) for p, v in candidate_fields(value_of(result), max_value_len)
+                     if json.dumps(v, ensure_ascii=False) in shown and not _leaks(v, given)]
             rng = rng_for(seed, "sft-variants", t["id"], j)
             for i in range(per_call):
                 if not cands:
@@ -60,9 +56,8 @@ def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: in
                 for path, value in picks:
                     name = field_name(path or calls[-1]["tool"] + "_result", taken)
                     taken.add(name)
-                    what = path.split(".")[-1] if path and not path.split(".")[-1].isdigit() else "result"
                     fields[name] = {"type": json_type(value),
-                                    "description": f"the {what} returned by {calls[-1]['tool']} in step {j + 1}"}
+                                    "description": field_description(value_of(result), path, calls[-1]["tool"], j + 1)}
                     answer[name] = value
                 key = _key(calls, answer)
                 if key in seen:
