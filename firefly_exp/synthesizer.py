@@ -75,10 +75,15 @@ def describe_path(path: str) -> str:
     >>> describe_path("rows.2.name"), describe_path("0")
     ('the value at rows[2].name', 'the value at [0]')
     """
+    return f"the value at {path_text(path)}"
+
+
+def path_text(path: str) -> str:
+    """A leaf path as written in questions: ``rows.2.name`` -> ``rows[2].name``."""
     out = ""
     for part in path.split("."):
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
-    return f"the value at {out}"
+    return out
 
 
 def field_description(result_value: Any, path: str, tool: str, step: int) -> str:
@@ -97,7 +102,7 @@ def field_description(result_value: Any, path: str, tool: str, step: int) -> str
         return "" if last.isdigit() else last
 
     values = {json.dumps(v, sort_keys=True, default=str) for p, v in leaves(result_value) if key(p) == key(path)}
-    where = f" at {describe_path(path)[len('the value at '):]}" if path and len(values) > 1 else ""
+    where = f" at {path_text(path)}" if path and len(values) > 1 else ""
     return f"the {key(path) or 'result'}{where} returned by {tool} in step {step}"
 
 

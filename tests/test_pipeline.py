@@ -72,7 +72,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
     """A field whose key repeats in its result with other values (rows of a table) is asked for by its place
     as well, so the question has one right answer."""
     from firefly_exp.results import leaves, value_of
-    from firefly_exp.synthesizer import describe_path
+    from firefly_exp.synthesizer import path_text
 
     def key(path):
         last = path.split(".")[-1]
@@ -84,7 +84,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
         for name, prov in t["provenance"].items():
             value = value_of(t["gold_results"][prov["step"]])
             others = [v for p, v in leaves(value) if key(p) == key(prov["path"]) and v != t["answer"][name]]
-            where = describe_path(prov["path"])[len("the value at "):]
+            where = path_text(prov["path"])
             if others:
                 repeated += 1
                 assert f" at {where} " in t["answer_schema"][name]["description"], t["answer_schema"][name]
