@@ -270,7 +270,8 @@ def template_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
         lines.append(rng.choice(STEP_FORMS).format(
             n=i + 1, tool=call["tool"], desc=desc, desc_lc=desc[:1].lower() + desc[1:],
             args=_arg_text(call, {})))
-    field_text = "; ".join(f"{name} ({spec['type']}): {spec['description']}" for name, spec in fields.items())
+    # each field name quoted as it must appear in the answer's JSON (a policy copies the same characters)
+    field_text = "; ".join(f"{json.dumps(name)} ({spec['type']}): {spec['description']}" for name, spec in fields.items())
     types = {"number" if spec["type"] in ("integer", "number") else spec["type"] for spec in fields.values()}
     asks = ASK_FORMS + (TYPE_ASKS.get(types.pop(), []) if len(types) == 1 else [])
     lines.append(rng.choice(asks).format(fields=field_text))

@@ -82,6 +82,8 @@ def test_every_answer_field_names_one_value(smoke_runs):
     repeated = 0
     for t in tasks:
         for name, prov in t["provenance"].items():
+            # the field name is quoted as the answer's JSON key: a policy copies the same characters
+            assert json.dumps(name) + " (" in t["question"], (name, t["question"])
             value = value_of(t["gold_results"][prov["step"]])
             others = [v for p, v in leaves(value) if key(p) == key(prov["path"]) and v != t["answer"][name]]
             where = path_text(prov["path"])

@@ -230,6 +230,7 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
     args = GRPOConfig(
         output_dir=str(out_dir / "trainer"), max_steps=steps, learning_rate=float(cfg["lr"]),
         num_generations=g, per_device_train_batch_size=g * int(cfg["prompts_per_step"]),
+        num_iterations=int(cfg.get("num_iterations", 1)),
         gradient_accumulation_steps=1, beta=float(cfg["kl_coef"]), temperature=float(cfg.get("temperature", 1.0)),
         max_completion_length=settings.max_seq_len, reward_weights=weights, seed=seed, data_seed=seed,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,

@@ -109,6 +109,25 @@ def final_answer(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def question_order(task: dict) -> dict:
+    """The task's answer with its fields in the order the question asks for them (the stored answer is
+    sorted by name): a policy then writes the fields as it reads them, copying each name in turn.
+
+    >>> question_order({"question": 'Give "name" (string): ...; "city" (string): ...', "answer": {"city": "Oslo", "name": "Chen"}})
+    {'name': 'Chen', 'city': 'Oslo'}
+    """
+    question = task["question"]
+
+    def place(name: str) -> int:
+        for needle in (json.dumps(name) + " (", json.dumps(name), name):   # the template's form first
+            at = question.find(needle)
+            if at >= 0:
+                return at
+        return len(question)
+
+    return {name: task["answer"][name] for name in sorted(task["answer"], key=place)}
+
+
 def gold_turns(task: dict, max_response_chars: int) -> list[tuple[str, bool]]:
     """The gold trajectory after the prompt as (text, is_model_output) pieces."""
     pieces: list[tuple[str, bool]] = []
@@ -116,5 +135,5 @@ def gold_turns(task: dict, max_response_chars: int) -> list[tuple[str, bool]]:
         pieces.append((call_text(tool_name(f"{call['server']}/{call['tool']}"), call["arguments"]) + "<|im_end|>",
                        True))
         pieces.append((tool_turn_text(tool_response_text(result, max_response_chars)), False))
-    pieces.append((answer_text(task["answer"]) + "<|im_end|>", True))
+    pieces.append((answer_text(question_order(task)) + "<|im_end|>", True))
     return pieces
