@@ -97,13 +97,19 @@ def field_description(result_value: Any, path: str, tool: str, step: int) -> str
     >>> field_description({"n": 3}, "n", "count", 2)
     'the n returned by count in step 2'
     """
-    def key(p: str) -> str:   # "" for the whole result or an element of a list
-        last = p.split(".")[-1]
-        return "" if last.isdigit() else last
-
-    values = {json.dumps(v, sort_keys=True, default=str) for p, v in leaves(result_value) if key(p) == key(path)}
+    values = {json.dumps(v, sort_keys=True, default=str) for p, v in leaves(result_value) if path_key(p) == path_key(path)}
     where = f" at {path_text(path)}" if path and len(values) > 1 else ""
-    return f"the {key(path) or 'result'}{where} returned by {tool} in step {step}"
+    return f"the {path_key(path) or 'result'}{where} returned by {tool} in step {step}"
+
+
+def path_key(path: str) -> str:
+    """The key a leaf path ends in; "" for the whole result or an element of a list.
+
+    >>> path_key("rows.2.name"), path_key("rows.2"), path_key("")
+    ('name', '', '')
+    """
+    last = path.split(".")[-1]
+    return "" if last.isdigit() else last
 
 
 def candidate_fields(value: Any, max_len: int) -> list[tuple[str, Any]]:

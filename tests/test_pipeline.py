@@ -72,11 +72,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
     """A field whose key repeats in its result with other values (rows of a table) is asked for by its place
     as well, so the question has one right answer."""
     from firefly_exp.results import leaves, value_of
-    from firefly_exp.synthesizer import path_text
-
-    def key(path):
-        last = path.split(".")[-1]
-        return "" if last.isdigit() else last
+    from firefly_exp.synthesizer import path_key, path_text
 
     tasks = read_jsonl(smoke_runs[0]["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
     repeated = 0
@@ -85,7 +81,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
             # the field name is quoted as the answer's JSON key: a policy copies the same characters
             assert json.dumps(name) + " (" in t["question"], (name, t["question"])
             value = value_of(t["gold_results"][prov["step"]])
-            others = [v for p, v in leaves(value) if key(p) == key(prov["path"]) and v != t["answer"][name]]
+            others = [v for p, v in leaves(value) if path_key(p) == path_key(prov["path"]) and v != t["answer"][name]]
             where = path_text(prov["path"])
             if others:
                 repeated += 1
