@@ -341,3 +341,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def check_installed(specs: dict[str, dict], install_dir: Path) -> None:
+    """A one-line error naming the enabled servers that are not installed, and the command that installs them."""
+    from .settings import ConfigError
+
+    missing = [sid for sid, spec in specs.items() if not command_path(spec, install_dir).exists()]
+    if not missing:
+        return
+    target = "make servers" if set(missing) <= set(enabled_ids("default")) else "make servers-full"
+    raise ConfigError(f"{len(missing)} enabled server(s) not installed in {install_dir}: {', '.join(missing)}: "
+                      f"run `{target}` (or `python -m firefly_exp.install {' '.join(missing)}`)")

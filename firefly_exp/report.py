@@ -27,11 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from . import PROJECT_ROOT
+from .simulator import HIT_KINDS
 
-# the pipeline's order (summary.json stores its stages by name); a stage not listed goes last
-STAGE_ORDER = ("servers", "probe", "graph", "sampler", "explorer", "flow", "simulator", "synthesizer", "fidelity", "dataset",
-               "train", "eval")
-HIT_KINDS = ("exact", "state_aware", "retrieval", "adapted", "live", "miss", "invalid")
 # config leaves that say where or how a run ran, not what it computed
 IGNORED = ("seed", "name", "resume", "paths.", "mlflow.", "servers.install_dir")
 
@@ -154,6 +151,8 @@ def _mean_sd(values: list) -> tuple[float | None, float | None]:
 def build_table(runs: list[dict]) -> tuple[list[str], list[dict]]:
     """(columns, rows): one row per label, each metric as mean and sd over the row's seeds. When a
     label and seed ran more than once, the latest run counts."""
+    from .pipeline import STAGE_ORDER   # the stages' order; summary.json keeps them sorted by name
+
     labels = row_labels(runs)
     latest: dict[tuple[str, int], dict] = {}
     for label, r in zip(labels, runs):   # runs come oldest first

@@ -496,3 +496,21 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             nxt = dict_val
         model = nxt
     return model
+
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def redacted(obj: Any, key: str = "") -> Any:
+    """``obj`` with every string under a key that names a secret (``api_key``, ``*token*``, ...) masked.
+
+    >>> redacted({"lm": {"api_key": "sk-1", "max_tokens": 8, "model": "m"}})
+    {'lm': {'api_key': '***', 'max_tokens': 8, 'model': 'm'}}
+    """
+    if isinstance(obj, dict):
+        return {k: redacted(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redacted(v, key) for v in obj]
+    if isinstance(obj, str) and obj and any(w in key.lower() for w in SECRET_WORDS):
+        return "***"
+    return obj

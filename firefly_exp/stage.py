@@ -18,9 +18,7 @@ addresses of its inputs and the source of its modules: an unchanged address is r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import shutil
 import sys
 import time
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .settings import Settings
-from .store import StageStore, code_version
+from .store import StageStore, code_version, file_lock
 
 
 @dataclass
@@ -155,18 +153,6 @@ def _log_stage(stage: Stage, key: str, params: dict, metrics: dict, reused: bool
         tracking.log_artifacts(folder, list(stage.artifacts) + ["manifest.json"], stage.name)
         if stage.log is not None:  # stage-specific logging inside the nested run (e.g. mlflow.data inputs)
             stage.log(folder)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on ``path`` (created), released by the OS if the process dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def with_lm_usage(fn: Callable[..., dict], lm: Any) -> Callable[..., dict]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+
+from .store import file_lock
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -26,17 +27,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def setup(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists (race-free across jobs).
 
@@ -48,7 +38,7 @@ def setup(tracking_uri: str, experiment: str, artifact_location: str | None = No
     else:
         lock = Path(os.environ.get("TMPDIR", "/tmp")) / "firefly_mlflow.lock"
     mlflow.set_tracking_uri(tracking_uri)
-    with _lock(lock):
+    with file_lock(lock):
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_location).resolve().as_uri() if artifact_location else None
@@ -91,3 +81,28 @@ def log_artifacts(folder: Path, names: list[str], artifact_path: str) -> None:
         path = Path(folder) / name
         if path.is_file() and path.stat().st_size < 50 * 1024 * 1024:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def parent_run(ctx) -> Iterator[dict]:
+    """The experiment job's MLflow parent run: tags, choices and the config; yields the summary to fill."""
+    s, summary = ctx.settings, ctx.summary
+    exp_id = setup(s.mlflow.tracking_uri, s.mlflow.experiment, s.mlflow.artifact_location)
+    with mlflow.start_run(run_name=f"{s.name}-{ctx.run_dir.name}") as parent:
+        summary["mlflow"] = {"tracking_uri": s.mlflow.tracking_uri, "experiment_id": exp_id,
+                             "run_id": parent.info.run_id}
+        sweep = summary["sweep"]
+        mlflow.set_tags({"experiment": s.name, "run_dir": str(ctx.run_dir), "seed": str(s.seed),
+                         "overrides": " ".join(summary["overrides"]), "executor": summary["executor"]["kind"],
+                         **({"sweep_dir": sweep["dir"], "sweep_job": str(sweep["job"])} if sweep else {}),
+                         **{f"choice.{k}": str(v) for k, v in summary["choices"].items()}})
+        log_params({"seed": s.seed, "name": s.name, **{f"choice.{k}": v for k, v in summary["choices"].items()}})
+        mlflow.log_artifact(str(ctx.run_dir / "config.yaml"))
+        yield summary
+
+
+def log_summary(summary: dict, path: Path, metrics: dict) -> None:
+    """Into the open parent run: the headline metrics, the servers table and ``summary.json``."""
+    mlflow.log_dict(summary["servers"], "servers.json")
+    log_metrics(metrics)
+    mlflow.log_artifact(str(path))

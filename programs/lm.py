@@ -6,13 +6,45 @@ from __future__ import annotations
 from typing import Any
 
 
-def configure_lm(lm_cfg: dict | None) -> Any:
+# settings of ours, not LiteLLM keywords
+_OWN_KEYS = ("model", "check_timeout_s")
+
+
+def configure_lm(lm_cfg: Any) -> Any:
+    """A ``dspy.LM`` from the ``lm`` settings (an ``LMSettings`` or a dict), or None for ``model: null``."""
+    if lm_cfg is not None and hasattr(lm_cfg, "plain"):
+        lm_cfg = lm_cfg.plain()
     if not lm_cfg or not lm_cfg.get("model"):
         return None
     import dspy
 
-    kwargs = {k: v for k, v in lm_cfg.items() if k != "model" and v is not None}
+    kwargs = {k: v for k, v in lm_cfg.items() if k not in _OWN_KEYS and v is not None}
     return dspy.LM(lm_cfg["model"], **kwargs)
+
+
+def check_lm(lm: Any, settings: Any) -> None:
+    """One short uncached request: an LM that does not answer in ``lm.check_timeout_s`` is a one-line
+    ``ConfigError`` naming ``lm.api_base`` (or ``lm.model``), raised before any stage runs."""
+    if lm is None:
+        return
+    import concurrent.futures
+
+    from firefly_exp.settings import ConfigError
+
+    timeout = float(settings.check_timeout_s)
+    probe = lm.copy(cache=False, num_retries=0, timeout=timeout, max_tokens=4)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(probe, messages=[{"role": "user", "content": "Reply with OK."}])
+    try:
+        future.result(timeout=timeout + 1)
+    except Exception as exc:  # noqa: BLE001 - any failure of the endpoint is the user's to fix
+        where = f"lm.api_base={settings.api_base}" if settings.api_base else f"lm.model={settings.model}"
+        why = "no answer within %ss" % timeout if isinstance(exc, concurrent.futures.TimeoutError) else \
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"{where}: the LM {settings.model} did not answer ({why}); start the server, fix "
+                          f"lm.api_base / lm.model / the API key in the environment, or use lm=none") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def lm_usage(lm: Any, before: set | None = None) -> dict:

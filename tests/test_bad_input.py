@@ -7,32 +7,31 @@ from pathlib import Path
 import pytest
 
 from firefly_exp.mcp_client import ServerHandle, ServerStartError
-from firefly_exp.pipeline import ConfigError, check_installed, server_specs
+from firefly_exp.install import check_installed
+from firefly_exp.settings import ConfigError, ServersSettings, load_settings
 
 FLAKY = {"id": "flaky", "registry": "pypi", "command": sys.executable,
          "args": [str(Path(__file__).parent / "fixtures" / "flaky_server.py")], "stateful": False}
 
 
-def test_unknown_server_is_a_one_line_error():
+def test_unknown_server_is_a_one_line_error(config):
     with pytest.raises(ConfigError) as err:
-        server_specs({"catalog": {"time": {}}, "enabled": ["time", "nosuch"]})
+        load_settings(config("servers.enabled=[time,nosuch]"))
     msg = str(err.value)
     assert "nosuch" in msg and "conf/servers/catalog.yaml" in msg and "\n" not in msg
 
 
-def test_unknown_reset_mode_is_a_one_line_error():
+def test_unknown_reset_mode_is_a_one_line_error(config):
     with pytest.raises(ConfigError) as err:
-        server_specs({"catalog": {"git": {"stateful": True, "reset": "warm"}}, "enabled": ["git"]})
+        load_settings(config("servers.catalog.git.reset=warm"))
     msg = str(err.value)
     assert "servers.catalog.git.reset" in msg and "files" in msg and "always" in msg and "\n" not in msg
 
 
 def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):
     """`+experiment=full` on a machine without the full catalog: one line, naming `make servers-full`."""
-    from omegaconf import OmegaConf
-
     cfg = config("+experiment=full", f"servers.install_dir={tmp_path}/nothing-installed")
-    specs = server_specs(OmegaConf.to_container(cfg.servers, resolve=True))
+    specs = load_settings(cfg).servers.specs()
     assert len(specs) >= 30
     with pytest.raises(ConfigError) as err:
         check_installed(specs, Path(cfg.servers.install_dir))

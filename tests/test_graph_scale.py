@@ -175,13 +175,13 @@ def test_edge_validity_counts_consecutive_pairs_for_edgeless_dags():
 def test_adding_a_server_changes_the_graph_without_code(config, tmp_path):
     """A catalog entry added in a composed config (no code): its tools are discovered and in the graph."""
     from conftest import installed
-    from firefly_exp.pipeline import server_specs
+    from firefly_exp.settings import load_settings
     from firefly_exp.servers import discover_tools, load_tools
 
     if not (installed("time-node") and installed("time")):
         pytest.skip("servers not installed (make servers)")
     cfg = config("+servers.catalog.clock-two=${servers.catalog.time-node}", "servers.enabled=[time,clock-two]")
-    specs = server_specs(OmegaConf.to_container(cfg.servers, resolve=True))
+    specs = load_settings(cfg).servers.specs()
     discover_tools(list(specs.values()), Path(cfg.servers.install_dir), tmp_path / "sb", tmp_path)
     build_graph(load_tools(tmp_path), tmp_path, {"flow": 1.0, "similarity": 0.0}, {"low": 0.1, "medium": 0.5, "high": 0.8})
     g = load_graph(tmp_path)

@@ -176,13 +176,13 @@ def test_every_exported_answer_is_reproduced_by_replaying_its_gold_chain(smoke_r
 
 def test_determinism_reexecutes_gold_chains_live(smoke_runs, tmp_path):
     """Live re-execution on the smoke servers: seeded, deterministic chains keep their answers."""
-    from firefly_exp.pipeline import server_specs
+    from firefly_exp.settings import ServersSettings
     from firefly_exp.simulator.__main__ import load_run
     from firefly_exp.simulator.live import changed_fields
 
     first, *_ = smoke_runs
     _, conf = load_run(first["run_dir"])
     tasks = read_jsonl(Path(first["stages"]["synthesizer"]["folder"]) / "tasks.jsonl")[:6]
-    changed = changed_fields(tasks, server_specs(conf["servers"]), Path(conf["servers"]["install_dir"]), tmp_path)
+    changed = changed_fields(tasks, ServersSettings(**conf["servers"]).specs(), Path(conf["servers"]["install_dir"]), tmp_path)
     assert set(changed) <= {t["id"] for t in tasks}
     assert sum(len(v) for v in changed.values()) <= sum(len(t["answer"]) for t in tasks) // 2
