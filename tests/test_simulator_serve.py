@@ -146,3 +146,32 @@ def test_streamable_http_transport(run_dir):
         proc.wait(timeout=10)
     assert "kv__put" in names
     assert not got.is_error and got.content[0].text == "1"
+
+
+def test_in_memory_client_drives_the_served_simulator():
+    """The SDK's in-process client against ``serve.build_server``: no subprocess, same answers as stdio."""
+    import anyio
+    from mcp import Client as SDKClient
+
+    from firefly_exp.simulator.serve import build_server
+
+    app = build_server(Simulator.from_calls(_recorded(), TOOLS), TOOLS, server="kv")
+
+    async def main():
+        with anyio.fail_after(30):
+            return await session()
+
+    async def session():
+        async with SDKClient(app) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            first = await c.call_tool("get", {"key": "a"})
+            wrote = await c.call_tool("put", {"key": "a", "value": 2})
+            second = await c.call_tool("get", {"key": "a"})
+            unknown = await c.call_tool("nope", {})
+            return names, first, wrote, second, unknown
+
+    names, first, wrote, second, unknown = anyio.run(main)
+    assert names == {"get", "put"}
+    assert not first.is_error and first.content[0].text == "1"
+    assert not wrote.is_error and second.content[0].text == "2"   # one connection, one episode
+    assert unknown.is_error and "Unknown tool" in unknown.content[0].text
