@@ -112,8 +112,22 @@ def hydra_message(exc: Exception) -> str:
     more = [ln.strip() for ln in str(cause).splitlines() if ln.strip()] if cause else []
     text = " ".join(lines[:1] + more[:1])
     if "not in struct" in text or "Could not override" in text:
-        return (f"{text}: no such key; `python -m firefly_exp --cfg job` lists every key "
-                f"(prefix + to add a new one)")
+        return f"{text}: no such key; {known_keys(text)}"
     if "Could not append" in text or "already exists" in text:
         return f"{text}: the key exists already; drop the leading +"
     return f"{text} (check the overrides)"
+
+
+def known_keys(text: str) -> str:
+    """What the group named in Hydra's 'Could not override 'a.b.c'' message does have."""
+    import re
+
+    from .settings import Settings, _model_at
+
+    m = re.search(r"override '([^']+)'", text)
+    parts = tuple(m.group(1).split(".")[:-1]) if m else ()
+    model = _model_at(Settings, parts) if parts else Settings
+    if model is None:
+        return "`python -m firefly_exp --cfg job` lists every key"
+    names = sorted(f.alias or n for n, f in model.model_fields.items())
+    return f"{'.'.join(parts) or 'the top level'} has {', '.join(names)}"

@@ -76,11 +76,16 @@ def choices_in(module: str, prefix: str = "") -> list[str]:
                   and getattr(v, "__module__", None) == mod.__name__ and n.startswith(prefix))
 
 
-def _check_target(value: str, default_module: str | None, what: str) -> str:
+def _check_target(value: str, default_module: str | None, what: str, group: str | None = None) -> str:
     try:
         obj = resolve(value, default_module)
     except (ImportError, AttributeError, ValueError):
-        known = f"; choose from {', '.join(choices_in(default_module))}" if default_module else ""
+        if group:   # the choices are the group's YAML files
+            from .cli import choices
+
+            known = f"; pick {group}=<{'|'.join(choices(group))}> or a dotted path to your own function"
+        else:
+            known = f"; choose from {', '.join(choices_in(default_module))}" if default_module else ""
         raise ValueError(f"no {what} named '{value}'{known}") from None
     if not callable(obj):
         raise ValueError(f"'{value}' is not callable")
@@ -220,7 +225,7 @@ class SamplerSettings(Group):
     @field_validator("target")
     @classmethod
     def _target(cls, v):
-        return _check_target(v, "firefly_exp.sampler", "sampler strategy")
+        return _check_target(v, "firefly_exp.sampler", "sampler strategy", group="sampler")
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -464,9 +469,11 @@ def _one_line(exc: ValidationError, data: dict) -> str:
                 f"remove it or fix its spelling")
     if kind == "missing":
         return f"missing key '{key}': set it on the command line ({key}=...) or in its YAML"
-    where = f"{key}={value!r}" if key else "config"
-    hint = f"set {key}=<a valid value>" if key else "change the values named"
-    return f"{where}: {msg} ({hint})"
+    if not key:
+        return f"{msg} (fix the values named)"
+    if isinstance(value, (dict, list)):
+        return f"{key}: {msg} (fix the values named)"
+    return f"{key}={value!r}: {msg} (set {key}=<a valid value>)"
 
 
 def _lookup(data: Any, loc: tuple) -> Any:
