@@ -56,16 +56,20 @@ def _graph_conf() -> dict:
     return g
 
 
+def _graph_settings():
+    from firefly_exp.settings import GraphSettings
+
+    return GraphSettings(**_graph_conf())
+
+
 def run_build(n: int) -> dict:
     """In this (fresh) process: import, load the model, embed, score, build. Prints JSON."""
     started = time.perf_counter()
     from firefly_exp.graph import build_graph
 
-    g = _graph_conf()
     tools = bench_tools(n)
     out = Path(tempfile.mkdtemp(prefix=f"bench-graph-{n}-"))
-    emb = {k: v for k, v in g["embedding"].items() if k != "cache"}
-    m = build_graph(tools, out, g["weights"], g["thresholds"], g["max_out_degree"], embedding=emb)
+    m = build_graph(tools, _graph_settings(), out)   # no probe, no LM, no embedding cache
     build_s = time.perf_counter() - started
     result = {"n": n, "build_s": round(build_s, 2), "edges": m["edges"], "edges_high": m["edges_high"],
               "edges_medium": m["edges_medium"], "pair_fraction": m["pair_fraction"],
@@ -74,10 +78,12 @@ def run_build(n: int) -> dict:
     if n >= 10000:
         from firefly_exp.graph import load_graph
         from firefly_exp.sampler import sample_subdags
+        from firefly_exp.settings import SamplerSettings
 
         graph = load_graph(out)
         t = time.perf_counter()
-        sm = sample_subdags(graph, out, seed=0, strategy="random_walk", n_dags=10000, plot=False)
+        settings = SamplerSettings(**{"_target_": "firefly_exp.sampler.random_walk", "n_dags": 10000, "plot": False})
+        sm = sample_subdags(graph, settings, 0, out)
         result.update(sample_s=round(time.perf_counter() - t, 2), sampled=sm["dags"],
                       sample_coverage=sm["tool_coverage"],
                       peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
@@ -95,6 +101,7 @@ def run_naive(n: int) -> dict:
     from firefly_exp.graph import confidence_level, flow_score, input_params, output_fields
 
     g = _graph_conf()
+    thresholds = _graph_settings().thresholds
     rows = bench_tools(n).sort("tool").to_dicts()
     model = SentenceTransformer(str(get_model_path()), device="cpu")
 
@@ -120,7 +127,7 @@ def run_naive(n: int) -> dict:
                 continue
             flow, mapping = flow_score(outs[i], ins[j])
             score = (wf * flow + ws * float(sim[i, j])) / (wf + ws)
-            if confidence_level(score, g["thresholds"]) and mapping:
+            if confidence_level(score, thresholds) and mapping:
                 scored.append((score, j))
         kept += len(sorted(scored, reverse=True)[: g["max_out_degree"]])
     result = {"n": n, "naive_s": round(time.perf_counter() - started, 2), "edges": kept}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .results import answers_match, get_path, leaves, value_of
-from .sampler import rng_for
+from .seeding import rng_for
 from .simulator import Episode, Simulator
 from .store import JsonlWriter, write_json_atomic
 

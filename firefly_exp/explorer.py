@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .mcp_client import ServerHandle, ServerStartError
 from .results import get_path, leaves, result_text, value_of
-from .sampler import rng_for
+from .seeding import rng_for
 from .sandbox import copy_sandbox, restore_sandbox, seed_sandbox, snapshot
 from .simulator import SEED_STATE, canonical_args, next_fingerprint
 from .store import JsonlWriter, read_jsonl

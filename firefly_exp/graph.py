@@ -28,13 +28,18 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
 import polars as pl
 
+from .answers import answer_fields
 from .schemas import name_pattern
+from .settings import ConfigError, GraphSettings, GraphThresholds
+from .stage import RunContext, Stage, StageResult, with_lm_usage
 from .store import write_json_atomic
 
 FREE_TEXT_PARAMS = {"query", "text", "content", "contents", "expression", "observations", "input",
@@ -104,15 +109,17 @@ def _types_fit(out_type: str, in_type: str) -> bool:
         (in_type == "string" and out_type in numeric)
 
 
-def key_score(fname: str, ftype: str, fpat: str | None, pname: str, ptype: str, ppat: str | None,
-              required: bool) -> float:
-    """How well one output field feeds one input parameter (``fname`` '*' = the whole text result).
+def key_score(field: tuple, param: tuple) -> float:
+    """How well one output field ``(name, type, value pattern)`` feeds one input parameter ``(name, type,
+    required, value pattern)`` (a field named '*' = the whole text result).
 
-    >>> key_score("path", "string", None, "path", "string", None, True)
+    >>> key_score(("path", "string", None), ("path", "string", True, None))
     1.0
-    >>> key_score("*", "string", "path", "file", "string", "path", False)   # a path-valued text result
+    >>> key_score(("*", "string", "path"), ("file", "string", False, "path"))   # a path-valued text result
     0.48
     """
+    fname, ftype, fpat = field
+    pname, ptype, required, ppat = param
     ptoks = _tokens(pname)
     if fname == "*":
         s = 0.35 if (ptoks & FREE_TEXT_PARAMS and ptype == "string") else 0.1 if ptype == "string" else 0.0
@@ -145,7 +152,7 @@ def flow_score(outputs: list[tuple], params: list[tuple]) -> tuple[float, dict]:
         for f in outputs:
             fpath, ftype = f[0], f[1]
             fpat = f[2] if len(f) > 2 else None
-            s = key_score(fpath.split(".")[-1] if fpath != "*" else "*", ftype, fpat, pname, ptype, ppat, required)
+            s = key_score((fpath.split(".")[-1] if fpath != "*" else "*", ftype, fpat), (pname, ptype, required, ppat))
             if s > p_best:
                 p_best, p_field = s, fpath
         if p_field is not None and p_best >= MIN_FLOW:
@@ -154,9 +161,9 @@ def flow_score(outputs: list[tuple], params: list[tuple]) -> tuple[float, dict]:
     return best, mapping
 
 
-def confidence_level(score: float, thresholds: dict) -> str | None:
+def confidence_level(score: float, thresholds: GraphThresholds) -> str | None:
     for level in LEVELS:
-        if score >= thresholds[level]:
+        if score >= getattr(thresholds, level):
             return level
     return None
 
@@ -259,155 +266,244 @@ def _t1(keys: _Keys, S: np.ndarray, block: int = 2048) -> np.ndarray:
     return out
 
 
-def score_pairs(rows: list[dict], weights: dict, thresholds: dict, max_out_degree: int,
-                inferred: dict | None = None, embedding: dict | None = None, block: int = 512) -> list[dict]:
-    """Candidate edges: per source, the best ``max_out_degree`` targets at or above ``thresholds.low``."""
-    inferred = inferred or {}
-    n = len(rows)
-    if not n:
-        return []
-    outs = [output_fields(_output_schema(r, inferred), patterns=True) for r in rows]
-    ins = [input_params(json.loads(r["input_schema"]), patterns=True) for r in rows]
-    wf, ws = float(weights.get("flow", 0.6)), float(weights.get("similarity", 0.4))
-    vecs = None
-    if ws > 0:
-        from .embeddings import embed
+class _PairScorer:
+    """Everything the block loop of :func:`score_pairs` shares: the tools' fields and parameters, the
+    key-pair score matrix, the embeddings, and a memo of field mappings by schema signature."""
 
-        vecs = embed([tool_text(r) for r in rows], **(embedding or {}))
-    keys = _Keys(outs, ins)
-    S = keys.score_matrix()
-    t1 = _t1(keys, S)
-    has_params = np.array([bool(p) for p in ins])
-    low = float(thresholds["low"])
-    candidates: list[dict] = []
-    mapping_memo: dict[tuple, tuple[float, dict]] = {}
-    sig_out = [json.dumps(o) for o in outs]
-    sig_in = [json.dumps(i) for i in ins]
-    for start in range(0, n, block):
-        idx = np.arange(start, min(start + block, n))
-        flow = flow_matrix_rows(keys, S, idx, t1)
-        sim = np.clip(vecs[idx] @ vecs.T, 0.0, 1.0) if vecs is not None else np.zeros_like(flow)
-        score = (wf * flow + ws * sim) / max(wf + ws, 1e-9)
-        valid = (flow >= MIN_FLOW) & has_params[None, :] & (score >= low)
+    def __init__(self, rows: list[dict], settings: GraphSettings, inferred: dict, cache_dir: Path | None):
+        self.rows, self.n, self.settings = rows, len(rows), settings
+        self.outs = [output_fields(_output_schema(r, inferred), patterns=True) for r in rows]
+        self.ins = [input_params(json.loads(r["input_schema"]), patterns=True) for r in rows]
+        self.wf, self.ws = settings.weights.flow, settings.weights.similarity
+        self.vecs = None
+        if self.ws > 0:
+            from .embeddings import embed
+
+            e = settings.embedding
+            self.vecs = embed([tool_text(r) for r in rows], batch_size=e.batch_size, max_seq_length=e.max_seq_length,
+                              quantize=e.quantize, cache_dir=cache_dir)
+        self.keys = _Keys(self.outs, self.ins)
+        self.S = self.keys.score_matrix()
+        self.t1 = _t1(self.keys, self.S)
+        self.has_params = np.array([bool(p) for p in self.ins])
+        self.mapping_memo: dict[tuple, tuple[float, dict]] = {}
+        self.sig_out = [json.dumps(o) for o in self.outs]
+        self.sig_in = [json.dumps(i) for i in self.ins]
+
+    def block(self, idx: np.ndarray) -> list[dict]:
+        """The candidate edges of the source tools ``idx``: per source its best ``max_out_degree`` targets."""
+        n, max_out_degree = self.n, self.settings.max_out_degree
+        flow = flow_matrix_rows(self.keys, self.S, idx, self.t1)
+        sim = np.clip(self.vecs[idx] @ self.vecs.T, 0.0, 1.0) if self.vecs is not None else np.zeros_like(flow)
+        score = (self.wf * flow + self.ws * sim) / max(self.wf + self.ws, 1e-9)
+        valid = (flow >= MIN_FLOW) & self.has_params[None, :] & (score >= float(self.settings.thresholds.low))
         valid[np.arange(len(idx)), idx] = False
         masked = np.where(valid, score, -1.0)
         k = min(max_out_degree, n)
         top = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(idx), 1))
+        out = []
         for r, i in enumerate(idx):
             js = [j for j in top[r] if masked[r, j] >= 0]
-            js.sort(key=lambda j: (-masked[r, j], rows[j]["tool"]))
-            for j in js[:max_out_degree]:
-                memo = (sig_out[i], sig_in[j])
-                if memo not in mapping_memo:
-                    mapping_memo[memo] = flow_score(outs[i], ins[j])
-                f, mapping = mapping_memo[memo]
-                candidates.append({"source": rows[i]["tool"], "target": rows[j]["tool"],
-                                   "score": round(float(score[r, j]), 4), "flow": round(float(flow[r, j]), 4),
-                                   "similarity": round(float(sim[r, j]), 4), "mapping": mapping,
-                                   "evidence": [e for e, on in (("flow", wf > 0), ("similarity", ws > 0)) if on]})
+            js.sort(key=lambda j: (-masked[r, j], self.rows[j]["tool"]))
+            out.extend(self._edge(i, j, score[r, j], flow[r, j], sim[r, j]) for j in js[:max_out_degree])
+        return out
+
+    def _edge(self, i: int, j: int, score: float, flow: float, sim: float) -> dict:
+        memo = (self.sig_out[i], self.sig_in[j])
+        if memo not in self.mapping_memo:
+            self.mapping_memo[memo] = flow_score(self.outs[i], self.ins[j])
+        _, mapping = self.mapping_memo[memo]
+        return {"source": self.rows[i]["tool"], "target": self.rows[j]["tool"],
+                "score": round(float(score), 4), "flow": round(float(flow), 4),
+                "similarity": round(float(sim), 4), "mapping": mapping,
+                "evidence": [e for e, on in (("flow", self.wf > 0), ("similarity", self.ws > 0)) if on]}
+
+
+def score_pairs(rows: list[dict], settings: GraphSettings, inferred: dict | None = None,
+                cache_dir: Path | None = None, block: int = 512) -> list[dict]:
+    """Candidate edges: per source, the best ``max_out_degree`` targets at or above ``thresholds.low``
+    (embeddings cached under ``cache_dir`` when given)."""
+    if not rows:
+        return []
+    scorer = _PairScorer(rows, settings, inferred or {}, cache_dir)
+    candidates = [e for start in range(0, len(rows), block)
+                  for e in scorer.block(np.arange(start, min(start + block, len(rows))))]
     for e in candidates:
-        e["confidence"] = confidence_level(e["score"], thresholds)
+        e["confidence"] = confidence_level(e["score"], settings.thresholds)
     return candidates
 
 
-def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: dict,
-                max_out_degree: int = 12, lm_judge: dict | None = None, lm=None, embedding: dict | None = None,
-                observed_calls: list[dict] | None = None, cache_dir: str | Path | None = None,
-                infer_schemas: bool = True, probe_calls: list[dict] | None = None,
-                hints: dict[str, dict[str, list]] | None = None, drop_echoes: bool = True) -> dict:
+@dataclass(frozen=True)
+class GraphInputs:
+    """What the graph may learn from besides the catalog, each optional.
+
+    ``probe_calls``: each tool called once on a seeded sandbox (the probe stage): inferred output
+    schemas and, with ``hints`` (catalog values known valid per tool and parameter) and
+    ``weights.value`` > 0, value evidence: A -> B when a probed result of A holds a value valid for
+    a parameter of B (mapping: that parameter <- the path where A returned it); with
+    ``drop_echoes``, the echoes that drop mappings (:func:`echo_paths`). ``observed_calls``: the calls
+    of an earlier exploration: inferred output schemas (``infer_schemas``) and, with
+    ``weights.observed`` > 0, confirmed edges. ``lm``: the LM judge's model (``lm_judge.enabled``).
+    ``cache_dir``: where embeddings and LM verdicts are cached by content hash.
+    """
+
+    probe_calls: list[dict] | None = None
+    hints: dict[str, dict[str, list]] | None = None
+    observed_calls: list[dict] | None = None
+    lm: Any = None
+    cache_dir: Path | None = None
+
+
+def build_graph(tools: pl.DataFrame, settings: GraphSettings, out_dir: Path, inputs: GraphInputs | None = None) -> dict:
     """Score every ordered pair of tools, keep the edges, save them; returns the stage metrics.
 
-    ``observed_calls``: the calls of an earlier exploration (optional): they give inferred output
-    schemas (when ``infer_schemas``) and, with ``weights.observed`` > 0, confirmed edges.
-    ``probe_calls``: each tool called once on a seeded sandbox (the probe stage): inferred output
-    schemas, and with ``hints`` (catalog values known valid per tool and parameter) and
-    ``weights.value`` > 0, value evidence: A -> B when a probed result of A holds a value valid for
-    a parameter of B (mapping: that parameter <- the path where A returned it). ``drop_echoes``: a
-    mapping from a result field where A's probe only echoed one of its own arguments passes on
-    nothing the caller did not already give A (:func:`echo_paths`): such entries are dropped, and an
-    edge left without a mapping with them."""
-    from .observed import observed_flow
-    from .schemas import infer_output_schemas
-
+    The cheap evidence (flow, similarity) proposes candidates (:func:`score_pairs`); the LM judge,
+    observed flow and probed values (``inputs``, :class:`GraphInputs`) confirm, re-rate or add
+    them; a mapping from a result field where A's probe only echoed one of its own arguments passes
+    on nothing the caller did not already give A: such entries are dropped (``drop_echoes``), and
+    an edge left without a mapping with them."""
+    inputs = inputs or GraphInputs()
     out_dir = Path(out_dir)
     rows = tools.sort("tool").to_dicts()
-    n = len(rows)
-    inferred: dict = {}
-    seen_calls = list(probe_calls or []) + list(observed_calls or [])
-    if seen_calls and infer_schemas:
-        inferred = infer_output_schemas(seen_calls, {r["tool"] for r in rows if not r.get("output_schema")})
-        pl.DataFrame([{"tool": t, "inferred_output_schema": json.dumps(s, sort_keys=True),
-                       "observed": s.get("x-observed", 0)} for t, s in inferred.items()],
-                     schema={"tool": pl.Utf8, "inferred_output_schema": pl.Utf8, "observed": pl.Int64}
-                     ).write_parquet(out_dir / "inferred_schemas.parquet")
-    emb = {**(embedding or {}), "cache_dir": cache_dir} if cache_dir else embedding
-    candidates = score_pairs(rows, weights, thresholds, max_out_degree, inferred, emb)
+    known = {r["tool"] for r in rows}
+    inferred = _inferred_schemas(rows, settings, inputs, out_dir)
+    candidates = score_pairs(rows, settings, inferred, inputs.cache_dir)
     for e in candidates:
         e["cheap_confidence"] = e["confidence"]
-    judged, agreement = 0, {}
-    if lm is not None and lm_judge and lm_judge.get("enabled", True):
-        from programs.edge_judge import judge_edges
+    candidates, judged, agreement = _judge(candidates, rows, settings, inputs)
+    edges = _Edges(candidates, settings.thresholds)
+    n_observed = _add_observed(edges, inputs.observed_calls, known, settings, agreement)
+    n_value = _add_values(edges, inputs, known, settings)
+    candidates, n_echo = edges.candidates, 0
+    if inputs.probe_calls and settings.drop_echoes:
+        candidates, n_echo = _drop_echoes(candidates, inputs.probe_calls)
+    graph, frame = _save_edges(rows, candidates, out_dir)
+    answering, answered = _save_nodes(rows, inputs.probe_calls, out_dir)
+    plot_graph(graph, out_dir / "graph.png")
+    metrics = graph_report(frame, len(rows), graph)
+    metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
+                    "echo_edges_dropped": n_echo,
+                    "answering_tools": None if answering is None else len(answering),
+                    "probe_failed_tools": None if answered is None else len(rows) - len(answered & known),
+                    "inferred_schemas": len(inferred),
+                    **{f"agreement.{k}": v for k, v in agreement.items()}})
+    write_json_atomic(out_dir / "report.json", metrics)
+    return metrics
 
-        by_tool = {r["tool"]: r for r in rows}
-        top = sorted(candidates, key=lambda e: (-e["score"], e["source"], e["target"]))[: int(lm_judge.get("max_pairs", 200))]
-        verdicts = judge_edges(top, by_tool, lm, cache_dir=cache_dir, num_threads=int(lm_judge.get("num_threads", 4)))
-        for edge, verdict in zip(top, verdicts):
-            if verdict is None:
-                continue
-            judged += 1
-            edge["lm_confidence"] = verdict["confidence"]
-            edge["confidence"] = verdict["confidence"] if verdict["confidence"] != "none" else None
-            edge["mapping"] = verdict["mapping"] or edge["mapping"]
-            edge["evidence"] = edge["evidence"] + ["lm_judge"]
-        agreement.update(_agreement([e for e in top if "lm_confidence" in e], "lm", thresholds))
-        candidates = [e for e in candidates if e["confidence"]]
-    known = {r["tool"] for r in rows}
-    by_pair = {(e["source"], e["target"]): e for e in candidates}
 
-    def confirm(src: str, tgt: str, level: str, mapping: dict, evidence: str) -> dict:
+def _inferred_schemas(rows: list[dict], settings: GraphSettings, inputs: GraphInputs, out_dir: Path) -> dict:
+    """Output schemas inferred from the probed and observed results of tools that declare none
+    (``inferred_schemas.parquet``)."""
+    from .schemas import infer_output_schemas
+
+    seen_calls = list(inputs.probe_calls or []) + list(inputs.observed_calls or [])
+    if not (seen_calls and settings.infer_schemas):
+        return {}
+    inferred = infer_output_schemas(seen_calls, {r["tool"] for r in rows if not r.get("output_schema")})
+    pl.DataFrame([{"tool": t, "inferred_output_schema": json.dumps(s, sort_keys=True),
+                   "observed": s.get("x-observed", 0)} for t, s in inferred.items()],
+                 schema={"tool": pl.Utf8, "inferred_output_schema": pl.Utf8, "observed": pl.Int64}
+                 ).write_parquet(out_dir / "inferred_schemas.parquet")
+    return inferred
+
+
+def _judge(candidates: list[dict], rows: list[dict], settings: GraphSettings,
+           inputs: GraphInputs) -> tuple[list[dict], int, dict]:
+    """With an LM (``lm_judge.enabled``): the ``max_pairs`` best candidates re-judged, their confidence
+    and mapping the LM's; candidates it rated ``none`` go. Returns (candidates, judged, agreement)."""
+    judge = settings.lm_judge
+    if inputs.lm is None or not judge.enabled:
+        return candidates, 0, {}
+    from programs.edge_judge import judge_edges
+
+    by_tool = {r["tool"]: r for r in rows}
+    top = sorted(candidates, key=lambda e: (-e["score"], e["source"], e["target"]))[: int(judge.max_pairs)]
+    verdicts = judge_edges(top, by_tool, inputs.lm, cache_dir=inputs.cache_dir, num_threads=int(judge.num_threads))
+    judged = 0
+    for edge, verdict in zip(top, verdicts):
+        if verdict is None:
+            continue
+        judged += 1
+        edge["lm_confidence"] = verdict["confidence"]
+        edge["confidence"] = verdict["confidence"] if verdict["confidence"] != "none" else None
+        edge["mapping"] = verdict["mapping"] or edge["mapping"]
+        edge["evidence"] = edge["evidence"] + ["lm_judge"]
+    agreement = _agreement([e for e in top if "lm_confidence" in e], "lm", settings.thresholds)
+    return [e for e in candidates if e["confidence"]], judged, agreement
+
+
+class _Edges:
+    """The candidate edges by pair, which stronger evidence confirms or adds to."""
+
+    def __init__(self, candidates: list[dict], thresholds: GraphThresholds):
+        self.candidates, self.thresholds = candidates, thresholds
+        self.by_pair = {(e["source"], e["target"]): e for e in candidates}
+
+    def confirm(self, src: str, tgt: str, level: str, mapping: dict, evidence: str) -> dict:
         """Raise (or add) the edge src -> tgt to ``level`` with ``mapping`` on top of the cheap one."""
-        e = by_pair.get((src, tgt))
+        e = self.by_pair.get((src, tgt))
         if e is None:
             e = {"source": src, "target": tgt, "score": 0.0, "flow": 0.0, "similarity": 0.0,
                  "mapping": {}, "evidence": [], "cheap_confidence": None}
-            candidates.append(e)
-            by_pair[(src, tgt)] = e
+            self.candidates.append(e)
+            self.by_pair[(src, tgt)] = e
         if e.get("confidence") != "high":
             e["confidence"] = level
-        e["score"] = max(e["score"], float(thresholds[level]))
+        e["score"] = max(e["score"], float(getattr(self.thresholds, level)))
         e["mapping"] = {**e["mapping"], **mapping}
         e["evidence"] = e["evidence"] + [evidence]
         return e
 
-    n_observed = 0
-    if observed_calls and float(weights.get("observed", 0)) > 0:
-        flows = observed_flow(observed_calls)
-        for (src, tgt), ob in sorted(flows.items()):
-            if src in known and tgt in known and src != tgt:
-                n_observed += 1
-                confirm(src, tgt, "high", ob["mapping"], "observed")["observed"] = ob["n"]
-        agreement.update(_observed_agreement(flows, candidates, known))
-    n_value = 0
-    if probe_calls and hints and float(weights.get("value", 0)) > 0:
-        level = "high" if float(weights["value"]) >= 1 else "medium"
-        for (src, tgt), mapping in sorted(value_matches(probe_calls, hints).items()):
-            if src in known and tgt in known:
-                n_value += 1
-                confirm(src, tgt, level, mapping, "value")
-    n_echo = 0
-    if probe_calls and drop_echoes:
-        echoes = echo_paths(probe_calls)
-        kept = []
-        for e in candidates:
-            echoed = echoes.get(e["source"], set())
-            mapping = {p: path for p, path in e["mapping"].items() if generic_path(path) not in echoed}
-            if e["mapping"] and not mapping:
-                n_echo += 1
-                by_pair.pop((e["source"], e["target"]), None)
-                continue
-            e["mapping"] = mapping
-            kept.append(e)
-        candidates = kept
+
+def _add_observed(edges: _Edges, calls: list[dict] | None, known: set[str], settings: GraphSettings,
+                  agreement: dict) -> int:
+    """Pairs an earlier exploration passed a value along: confirmed, high (``weights.observed`` > 0)."""
+    from .observed import observed_flow
+
+    if not calls or not settings.weights.observed > 0:
+        return 0
+    n = 0
+    flows = observed_flow(calls)
+    for (src, tgt), ob in sorted(flows.items()):
+        if src in known and tgt in known and src != tgt:
+            n += 1
+            edges.confirm(src, tgt, "high", ob["mapping"], "observed")["observed"] = ob["n"]
+    agreement.update(_observed_agreement(flows, edges.candidates, known))
+    return n
+
+
+def _add_values(edges: _Edges, inputs: GraphInputs, known: set[str], settings: GraphSettings) -> int:
+    """Pairs whose probed source returned a value hinted valid for the target (``weights.value`` > 0:
+    high at 1 or more, else medium)."""
+    if not (inputs.probe_calls and inputs.hints and settings.weights.value > 0):
+        return 0
+    level = "high" if settings.weights.value >= 1 else "medium"
+    n = 0
+    for (src, tgt), mapping in sorted(value_matches(inputs.probe_calls, inputs.hints).items()):
+        if src in known and tgt in known:
+            n += 1
+            edges.confirm(src, tgt, level, mapping, "value")
+    return n
+
+
+def _drop_echoes(candidates: list[dict], probe_calls: list[dict]) -> tuple[list[dict], int]:
+    """Mapping entries from a result path where the source's probe echoed its own argument go; an edge
+    whose mapping they emptied goes too. Returns (kept, edges dropped)."""
+    echoes = echo_paths(probe_calls)
+    kept, dropped = [], 0
+    for e in candidates:
+        echoed = echoes.get(e["source"], set())
+        mapping = {p: path for p, path in e["mapping"].items() if generic_path(path) not in echoed}
+        if e["mapping"] and not mapping:
+            dropped += 1
+            continue
+        e["mapping"] = mapping
+        kept.append(e)
+    return kept, dropped
+
+
+def _save_edges(rows: list[dict], candidates: list[dict], out_dir: Path) -> tuple[nx.DiGraph, pl.DataFrame]:
+    """The graph (mappings as JSON) and ``edges.parquet``."""
     graph = nx.DiGraph()
     for r in rows:
         graph.add_node(r["tool"], server=r["server"], domain=r["domain"])
@@ -423,6 +519,13 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                 "similarity": pl.Float64, "confidence": pl.Utf8, "evidence": pl.Utf8, "mapping": pl.Utf8,
                 "observed": pl.Int64, "cross_server": pl.Boolean})
     frame.write_parquet(out_dir / "edges.parquet")
+    return graph, frame
+
+
+def _save_nodes(rows: list[dict], probe_calls: list[dict] | None,
+                out_dir: Path) -> tuple[set[str] | None, set[str] | None]:
+    """``nodes.parquet``; returns the tools whose probe held answer material and those it answered
+    (both None without a probe)."""
     answering = answering_tools(probe_calls, rows) if probe_calls else None
     # a tool whose probe call failed (seeded state, hinted arguments) works only when a DAG feeds it
     answered = ({f"{c['server']}/{c['tool']}" for c in probe_calls if not c["is_error"]}
@@ -433,16 +536,7 @@ def build_graph(tools: pl.DataFrame, out_dir: Path, weights: dict, thresholds: d
                  schema={"tool": pl.Utf8, "server": pl.Utf8, "domain": pl.Utf8, "answers": pl.Boolean,
                          "probe_ok": pl.Boolean}
                  ).write_parquet(out_dir / "nodes.parquet")
-    plot_graph(graph, out_dir / "graph.png")
-    metrics = graph_report(frame, n, graph)
-    metrics.update({"lm_judged": judged, "observed_pairs": n_observed, "value_pairs": n_value,
-                    "echo_edges_dropped": n_echo,
-                    "answering_tools": None if answering is None else len(answering),
-                    "probe_failed_tools": None if answered is None else len(rows) - len(answered & {r["tool"] for r in rows}),
-                    "inferred_schemas": len(inferred),
-                    **{f"agreement.{k}": v for k, v in agreement.items()}})
-    write_json_atomic(out_dir / "report.json", metrics)
-    return metrics
+    return answering, answered
 
 
 def generic_path(path: str) -> str:
@@ -495,11 +589,9 @@ def echo_paths(probe_calls: list[dict]) -> dict[str, set[str]]:
 
 
 def answering_tools(probe_calls: list[dict], rows: list[dict]) -> set[str]:
-    """Tools whose probe result held a value a task could ask for (``synthesizer.answer_fields``: not an
+    """Tools whose probe result held a value a task could ask for (``answers.answer_fields``: not an
     error, not volatile, a short scalar that is not an echo of the arguments). A sub-DAG that ends only
     in other tools can give no task (``sampler.answer_sink``)."""
-    from .synthesizer import answer_fields
-
     volatile = {r["tool"]: bool(r.get("volatile")) for r in rows}
     return {f"{c['server']}/{c['tool']}" for c in probe_calls
             if answer_fields(c, volatile.get(f"{c['server']}/{c['tool']}", False))}
@@ -547,12 +639,12 @@ def graph_report(frame: pl.DataFrame, n: int, graph: nx.DiGraph) -> dict:
             "start_tools": sum(1 for v in confident_out.values() if v >= 2)}
 
 
-def _agreement(judged: list[dict], ref: str, thresholds: dict) -> dict:
+def _agreement(judged: list[dict], ref: str, thresholds: GraphThresholds) -> dict:
     """How often each cheap method's verdict (confident = medium or better) matches the LM judge's."""
     if not judged:
         return {}
     truth = np.array([e["lm_confidence"] in ("high", "medium") for e in judged])
-    med = float(thresholds["medium"])
+    med = float(thresholds.medium)
     out = {}
     for name, pred in (("combined", [e["cheap_confidence"] in ("high", "medium") for e in judged]),
                        ("flow", [e["flow"] >= med for e in judged]),
@@ -633,3 +725,64 @@ def plot_graph(graph: nx.DiGraph, path: Path, max_tools: int = 600) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- stage ---------------------------------------------------------------------------------------------------
+
+
+def _observed_folder(source: str | None) -> Path | None:
+    """The explorer folder ``graph.observed_from`` names (a store folder, or a run folder whose summary
+    names one); None when unset; a one-line error when it is neither."""
+    if not source:
+        return None
+    folder = Path(source)
+    if (folder / "summary.json").exists():  # a run folder: its summary names its explorer folder
+        folder = Path(json.loads((folder / "summary.json").read_text())["stages"]["explorer"]["folder"])
+    if not (folder / "calls.jsonl").exists() or not (folder / "manifest.json").exists():
+        raise ConfigError(f"graph.observed_from={source}: not a finished explorer folder (outputs/store/explorer/<key>) "
+                          f"or run folder; use graph.observed_from=null")
+    return folder
+
+
+def observed_key(source: str | None) -> str | None:
+    """The store key of the exploration ``graph.observed_from`` names (part of the graph's address)."""
+    folder = _observed_folder(source)
+    return None if folder is None else json.loads((folder / "manifest.json").read_text())["key"]
+
+
+def observed_calls(source: str | None) -> list[dict] | None:
+    """The calls of the earlier exploration ``graph.observed_from`` names, or None."""
+    from .explorer import load_trajectories
+
+    folder = _observed_folder(source)
+    return None if folder is None else load_trajectories(folder)[1]
+
+
+def run(settings: GraphSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    """The graph of the discovered tools, with the probe's calls (and the catalog hints for its
+    tools) when the probe ran, an earlier exploration's calls, the LM judge and the caches."""
+    from .probe import tool_hints
+
+    tools = inputs["servers"].value.tools
+    probe_calls = inputs["probe"].value if "probe" in inputs else None
+    extras = GraphInputs(probe_calls=probe_calls,
+                         hints=tool_hints(ctx.specs, tools) if probe_calls is not None else None,
+                         observed_calls=observed_calls(settings.observed_from), lm=ctx.lm,
+                         cache_dir=ctx.outputs / "cache" if settings.embedding.cache else None)
+    return with_lm_usage(build_graph, ctx.lm)(tools, settings, ctx.out, extras)
+
+
+def load(folder: Path, ctx: RunContext) -> nx.DiGraph:
+    return load_graph(folder)
+
+
+def _params(settings: GraphSettings, ctx: RunContext) -> dict:
+    """Beyond the graph settings: the LM (its verdicts are edges), whether its judge ran, and which
+    earlier exploration the observed evidence came from."""
+    return {"lm": ctx.lm_identity, "lm_judged": settings.lm_judge.enabled and ctx.lm is not None,
+            "observed_key": observed_key(settings.observed_from)}
+
+
+STAGE = Stage("graph", run, load, inputs=("servers", "probe"),
+              artifacts=("edges.parquet", "nodes.parquet", "graph.png", "report.json", "inferred_schemas.parquet"),
+              params=_params, code=(run, answer_fields))

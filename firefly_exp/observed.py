@@ -22,6 +22,10 @@ returned). A value "passed along" A->B when a successful call of B used a value 
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from .stage import RunContext, Stage, StageResult
+from .store import write_json_atomic
 
 # an argument value taken from an earlier result: edge:<step>:<path> or pool:<step>:<path>
 SOURCE = re.compile(r"^(edge|pool):(\d+):(.*)$")
@@ -75,3 +79,20 @@ def edge_validity(dags: list[dict], calls: list[dict]) -> dict:
     return {"edge_validity": round(n_valid / max(n_edges, 1), 4), "edges_checked": n_edges,
             "edges_valid": n_valid, "dags_with_flow": round(dags_with_flow / max(n_dags, 1), 4),
             "dags_explored": n_dags}
+
+
+# -- stage ---------------------------------------------------------------------------------------------------
+
+
+def run(settings: None, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    """Edge validity of the sampled DAGs the explorer ran (``flow.json``): along how many sampled edges
+    exploration really passed a value. The calls are read from the explorer's folder."""
+    from .explorer import load_trajectories
+
+    _, calls = load_trajectories(inputs["explorer"].folder)
+    metrics = edge_validity(inputs["sampler"].value, calls)
+    write_json_atomic(Path(ctx.out) / "flow.json", metrics)
+    return metrics
+
+
+STAGE = Stage("flow", run, inputs=("sampler", "explorer"), artifacts=("flow.json",))

@@ -11,7 +11,9 @@ stateful server runs as one process for all its tools (a *probe session*, whatev
 servers with state in memory keep it from one probed tool to the next, which saves a
 restart per tool (basic-memory takes ~5 s to start) and only ever adds context to a probe.
 
-    calls = probe_tools(tools, specs, install_dir, sandbox_root, out, seed, settings)
+    metrics = probe_tools(tools, ctx, settings)     # ctx: the run's specs, folders and seed
+
+The ``probe`` stage (skipped when ``graph.probe`` is false) reads the explorer's settings.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 import polars as pl
 
 from . import explorer
+from .settings import ExplorerSettings, Settings
+from .stage import RunContext, Stage, StageResult
 
 
 def probe_dags(tools: pl.DataFrame) -> list[dict]:
@@ -32,14 +36,14 @@ def probe_dags(tools: pl.DataFrame) -> list[dict]:
             for i, row in enumerate(tools.sort("tool").to_dicts())]
 
 
-def probe_tools(tools: pl.DataFrame, specs: dict, install_dir: Path, sandbox_root: Path, out_dir: Path,
-                seed: int, settings: explorer.ExploreSettings) -> dict:
-    """Explore every tool alone (``calls.jsonl``/``trajectories.jsonl`` in ``out_dir``, resumable);
+def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: explorer.ExploreSettings) -> dict:
+    """Explore every tool alone with the run's specs, install folder and seed (``calls.jsonl`` and
+    ``trajectories.jsonl`` in ``ctx.out``, resumable; sandboxes under ``<sandbox_root>/probe``);
     returns the stage metrics."""
     session = dataclasses.replace(settings, warm_stateful=True, warm_all=True)
-    metrics = explorer.explore(probe_dags(tools), tools, specs, install_dir, Path(sandbox_root) / "probe", out_dir,
-                               seed, explorer.HeuristicProposer(), session)
-    _, calls = explorer.load_trajectories(out_dir)
+    metrics = explorer.explore(probe_dags(tools), tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe",
+                               ctx.out, ctx.seed, explorer.HeuristicProposer(), session)
+    _, calls = explorer.load_trajectories(ctx.out)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
             "tools": len(tools), "tools_answered": len(answered),
@@ -58,3 +62,37 @@ def tool_hints(specs: dict, tools: pl.DataFrame) -> dict[str, dict[str, list]]:
         if found:
             out[row["tool"]] = found
     return out
+
+
+# -- stage ---------------------------------------------------------------------------------------------------
+
+
+def explore_settings(settings: ExplorerSettings) -> explorer.ExploreSettings:
+    """The explorer's run settings from the ``explorer`` group (its fields by name)."""
+    fields = explorer.ExploreSettings.__dataclass_fields__
+    return explorer.ExploreSettings(**{k: v for k, v in settings.plain().items() if k in fields})
+
+
+def run(settings: ExplorerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    return probe_tools(inputs["servers"].value.tools, ctx, explore_settings(settings))
+
+
+def load(folder: Path, ctx: RunContext) -> list[dict]:
+    """The probe's calls (in call order), what the graph reads."""
+    return explorer.load_trajectories(folder)[1]
+
+
+def _params(settings: ExplorerSettings, ctx: RunContext) -> dict:
+    """The seed, the catalog hints the arguments come from (with the servers stage's address, which
+    fixes the tools, they fix ``tool_hints``), and the proposer the probe really uses: always the
+    heuristic one, whatever ``explorer.kind``, so switching the explorer does not re-probe."""
+    return {"seed": ctx.seed, "kind": "heuristic",
+            "hints": {sid: spec.get("hints") or {} for sid, spec in sorted(ctx.specs.items())}}
+
+
+def _skip(settings: Settings) -> str | None:
+    return None if settings.graph.probe else "graph.probe=false"
+
+
+STAGE = Stage("probe", run, load, inputs=("servers",), group="explorer", params=_params, skip=_skip,
+              code=(run, explorer))

@@ -1,6 +1,7 @@
 """Stage 3, sampler: sub-DAGs of the tool graph for the explorer to execute.
 
-Strategies (``conf/sampler/<strategy>.yaml``):
+Strategies: each is a function of one :class:`Draw` (``def name(draw) -> (nodes, edges)``) that a
+``conf/sampler/<name>.yaml`` names by ``_target_``; a new sampler is one function and one YAML:
 
 - ``random_walk``: grow from a start tool by following edges weighted by score²; with probability
   ``branch_prob`` a new node hangs off an earlier node instead of the last one (fan-out), and an
@@ -13,6 +14,12 @@ Strategies (``conf/sampler/<strategy>.yaml``):
 - ``coverage``: the walk, preferring tools and servers the DAGs drawn so far used least.
 - ``uniform``: random tool sets that ignore the graph (the ablation baseline), executed in the
   drawn order without field mappings.
+
+A strategy's DAGs start at ``draw.starts``: by default the tools :func:`confident_starts` finds; a
+strategy sets its own rule as its ``starts`` attribute (``fan_in``: :func:`hub_starts`), and one
+that ignores the graph sets ``walks = False`` (no walker, no start tools, no graph-based filters).
+Attempt ``i`` draws from its own generator, ``rng_for(seed, "sampler", <function name>, i)``: a
+strategy's DAGs depend on the seed and its name only.
 
 ``start_rule: firefly`` starts graph-guided DAGs only at tools with at least
 ``min_confident_successors`` medium/high successors (FireFly's rule); ``any`` at any tool with a
@@ -32,26 +39,22 @@ mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import networkx as nx
 
-from .store import write_jsonl
+from .seeding import rng_for
+from .settings import SamplerSettings, resolve
+from .stage import RunContext, Stage, StageResult
+from .store import read_jsonl, write_jsonl
 
-STRATEGIES = ("random_walk", "weighted", "forest_fire", "fan_out", "fan_in", "coverage", "uniform")
 CONFIDENT = ("high", "medium")
-
-
-def rng_for(seed: int, *coords) -> random.Random:
-    """A generator derived from the run seed and an item's coordinates (scalars: ids, indices).
-
-    >>> rng_for(0, "explore", "dag-1", 2).random() == rng_for(0, "explore", "dag-1", 2).random()
-    True
-    """
-    # random.Random hashes a str seed with SHA-512: cheap, and the same on every machine
-    return random.Random("\x1f".join(str(c) for c in (seed, *coords)))
 
 
 def dag_shape(nodes: list[str], edges: list[dict]) -> str:
@@ -115,9 +118,6 @@ def _answer_sink(graph: nx.DiGraph, nodes: list[str], edges: list[dict]) -> bool
     return any(graph.nodes[n].get("answers") is not False for n in nodes if n not in sources)
 
 
-PROBE_FAILED = ("same_server", "skip", "allow")
-
-
 def _feeds(graph: nx.DiGraph, u: str, v: str, d: dict, probe_failed: str) -> bool:
     """Whether the edge u -> v may bring v into a DAG: v's probe call succeeded (or there was no probe),
     or (``same_server``) u is a tool of v's own server whose output maps onto v's parameters."""
@@ -132,39 +132,54 @@ def _all_fed(graph: nx.DiGraph, nodes: list[str], edges: list[dict], probe_faile
     return all(n in fed or graph.nodes[n].get("probe_ok") is not False or probe_failed == "allow" for n in nodes)
 
 
-class _Walker:
-    """Adjacency of the tool graph as plain lists (fast to sample from) and per-draw constraints."""
+class Walker:
+    """Adjacency of the tool graph as plain lists (fast to sample from), per-draw constraints, and how
+    often the DAGs drawn so far used each tool and server (:func:`coverage`)."""
 
-    def __init__(self, graph: nx.DiGraph, allowed: set[str], max_depth: int, max_servers: int,
-                 level_weights: dict | None, probe_failed: str = "same_server", server_weights: dict | None = None):
+    def __init__(self, graph: nx.DiGraph, allowed: set[str], settings: SamplerSettings):
+        probe_failed = settings.probe_failed
         # only edges that may bring their target in (:func:`_feeds`): a walk never steps onto a tool
         # that would fail for want of its precondition
         self.succ = {u: [(v, d) for v, d in graph[u].items() if v in allowed and _feeds(graph, u, v, d, probe_failed)]
                      for u in allowed}
         self.pred = {u: [(v, graph[v][u]) for v in graph.predecessors(u) if v in allowed] for u in allowed}
         self.unfed = {u for u in allowed if not _all_fed(graph, [u], [], probe_failed)}   # cannot be a root
-        self.max_depth, self.max_servers = max_depth, max_servers
-        self.level_weights = level_weights or {"high": 1.0, "medium": 0.5, "low": 0.15}
-        self.server_weights = {str(k): float(v) for k, v in (server_weights or {}).items()}
+        self.max_depth, self.max_servers = settings.max_depth, settings.max_servers
+        self.level_weights = settings.level_weights
+        self.server_weights = {str(k): float(v) for k, v in settings.server_weights.items()}
         self.usage: dict[str, int] = {}
         self.server_usage: dict[str, int] = {}
 
     def server_weight(self, v: str) -> float:
         return self.server_weights.get(v.split("/")[0], 1.0)
 
-    def weight(self, strategy: str, v: str, d: dict) -> float:
-        if strategy == "weighted":
-            return float(self.level_weights.get(d["confidence"], 0.05)) * self.server_weight(v)
+    def score_weight(self, v: str, d: dict) -> float:
+        """An edge's odds in a walk: its score squared (times its target server's weight)."""
+        return d["score"] ** 2 * self.server_weight(v)
+
+    def level_weight(self, v: str, d: dict) -> float:
+        """An edge's odds by its confidence level (``level_weights``)."""
+        return float(self.level_weights.get(d["confidence"], 0.05)) * self.server_weight(v)
+
+    def coverage_weight(self, v: str, d: dict) -> float:
+        """The score weight, lowered for tools and servers the DAGs so far used often."""
         w = d["score"] ** 2 * self.server_weight(v)
-        if strategy == "coverage":
-            w /= (1 + self.usage.get(v, 0)) * (1 + 0.2 * self.server_usage.get(v.split("/")[0], 0))
+        w /= (1 + self.usage.get(v, 0)) * (1 + 0.2 * self.server_usage.get(v.split("/")[0], 0))
         return w
+
+    def record(self, nodes: list[str]) -> None:
+        """Count a kept DAG's tools and servers as used."""
+        for u in nodes:
+            self.usage[u] = self.usage.get(u, 0) + 1
+            self.server_usage[u.split("/")[0]] = self.server_usage.get(u.split("/")[0], 0) + 1
 
     def _fits(self, v: str, nodes: list[str], servers: set[str] | None = None) -> bool:
         servers = {n.split("/")[0] for n in nodes} if servers is None else servers
         return v not in nodes and (v.split("/")[0] in servers or len(servers) < self.max_servers)
 
-    def walk(self, strategy: str, start: str, rng: random.Random, size: int, branch_prob: float):
+    def walk(self, weight: Callable[[str, dict], float], start: str, rng: random.Random, size: int,
+             branch_prob: float):
+        """Grow from ``start`` along edges drawn by ``weight``; ``branch_prob`` gives fan-out and fan-in."""
         nodes, edges, depth = [start], [], {start: 1}
         tries = 0
         while len(nodes) < size and tries < 8 * size:
@@ -176,7 +191,7 @@ class _Walker:
             options = [(v, d) for v, d in self.succ[anchor] if self._fits(v, nodes, servers)]
             if not options:
                 continue
-            target, data = rng.choices(options, weights=[self.weight(strategy, v, d) for v, d in options])[0]
+            target, data = rng.choices(options, weights=[weight(v, d) for v, d in options])[0]
             nodes.append(target)
             depth[target] = depth[anchor] + 1
             edges.append(_edge(anchor, target, data))
@@ -226,88 +241,173 @@ class _Walker:
         return nodes, edges
 
 
-def sample_subdags(graph: nx.DiGraph, out_dir: Path, seed: int, strategy: str = "random_walk",
-                   n_dags: int = 200, min_size: int = 2, max_size: int = 4, max_depth: int = 4,
-                   max_servers: int = 3, min_servers: int = 1, require_cross_server: bool = False,
-                   branch_prob: float = 0.3, burn_prob: float = 0.5, start_rule: str = "firefly",
-                   min_confident_successors: int = 2, level_weights: dict | None = None,
-                   max_attempts_factor: int = 30, servers: list[str] | None = None, answer_sink: bool = True,
-                   probe_failed: str = "same_server", server_weights: dict | None = None,
-                   plot: bool = True) -> dict:
-    """Draw ``n_dags`` distinct sub-DAGs; writes dags.jsonl (and shapes.png) and returns the stage metrics."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown sampler strategy '{strategy}': use one of {', '.join(STRATEGIES)}")
-    if start_rule not in ("firefly", "any"):
-        raise ValueError(f"unknown sampler.start_rule '{start_rule}': use firefly or any")
-    if probe_failed not in PROBE_FAILED:
-        raise ValueError(f"unknown sampler.probe_failed '{probe_failed}': use one of {', '.join(PROBE_FAILED)}")
-    nodes_all = sorted(graph.nodes)
-    if servers:
-        nodes_all = [n for n in nodes_all if n.split("/")[0] in set(servers)]
-    walker = (_Walker(graph, set(nodes_all), max_depth, max_servers, level_weights, probe_failed, server_weights)
-              if strategy != "uniform" else None)
+@dataclass(frozen=True)
+class Draw:
+    """One attempt at a sub-DAG: what a strategy function reads (its own generator and size)."""
+
+    walker: Walker | None           # None for a strategy that ignores the graph (``walks = False``)
+    starts: list[str]               # tools a DAG may start at (the strategy's ``starts`` rule)
+    tools: list[str]                # every tool a DAG may use (``settings.servers`` applied), sorted
+    settings: SamplerSettings
+    rng: random.Random | None = None
+    size: int = 0
+
+    def start(self) -> str:
+        """A start tool: uniform over ``starts``, or by ``server_weights`` when some are set."""
+        w = self.walker
+        return (self.rng.choices(self.starts, weights=[w.server_weight(u) for u in self.starts])[0]
+                if w.server_weights else self.rng.choice(self.starts))
+
+
+Strategy = Callable[[Draw], tuple[list[str], list[dict]]]
+
+
+# -- start rules: which tools a strategy's DAGs may start at ---------------------------------------------
+
+
+def confident_starts(walker: Walker, tools: list[str], settings: SamplerSettings, need: int = 1) -> list[str]:
+    """``start_rule: firefly``: tools with ``min_confident_successors`` medium/high successors; else (or
+    with ``any``) tools with ``need`` successors. A DAG's first tool has nothing to feed it: it must
+    work on the seeded state (not ``unfed``)."""
     starts: list[str] = []
-    if walker is not None:
-        unfed = walker.unfed   # a DAG's first tool has nothing to feed it: it must work on the seeded state
-        if strategy == "fan_in":   # the hub is the sink; its predecessors are the roots
-            starts = [u for u in nodes_all if sum(v not in unfed for v, _ in walker.pred[u]) >= 2]
-        else:
-            confident = {u: sum(1 for _, d in walker.succ[u] if d["confidence"] in CONFIDENT) for u in nodes_all}
-            if start_rule == "firefly":
-                starts = [u for u in nodes_all if confident[u] >= min_confident_successors and u not in unfed]
-            if not starts:
-                need = 2 if strategy == "fan_out" else 1
-                starts = [u for u in nodes_all if len(walker.succ[u]) >= need and u not in unfed]
-        if not starts:
-            raise ValueError("the tool graph has no edges to walk: lower graph.thresholds.low or use sampler=uniform")
+    if settings.start_rule == "firefly":
+        confident = {u: sum(1 for _, d in walker.succ[u] if d["confidence"] in CONFIDENT) for u in tools}
+        starts = [u for u in tools if confident[u] >= settings.min_confident_successors and u not in walker.unfed]
+    if not starts:
+        starts = [u for u in tools if len(walker.succ[u]) >= need and u not in walker.unfed]
+    return starts
+
+
+def fan_starts(walker: Walker, tools: list[str], settings: SamplerSettings) -> list[str]:
+    """A fan-out's hub: as :func:`confident_starts`, falling back to tools with two successors."""
+    return confident_starts(walker, tools, settings, need=2)
+
+
+def hub_starts(walker: Walker, tools: list[str], settings: SamplerSettings) -> list[str]:
+    """A fan-in's hub is its sink: tools that two predecessors able to start a DAG can feed."""
+    return [u for u in tools if sum(v not in walker.unfed for v, _ in walker.pred[u]) >= 2]
+
+
+# -- strategies (conf/sampler/<name>.yaml: `_target_: firefly_exp.sampler.<name>`) -------------------------
+
+
+def random_walk(draw: Draw) -> tuple[list[str], list[dict]]:
+    """A walk along edges weighted by score²."""
+    w = draw.walker
+    return w.walk(w.score_weight, draw.start(), draw.rng, draw.size, draw.settings.branch_prob)
+
+
+def weighted(draw: Draw) -> tuple[list[str], list[dict]]:
+    """A walk along edges weighted by confidence level (``level_weights``)."""
+    w = draw.walker
+    return w.walk(w.level_weight, draw.start(), draw.rng, draw.size, draw.settings.branch_prob)
+
+
+def coverage(draw: Draw) -> tuple[list[str], list[dict]]:
+    """A walk that starts, and steps, where the DAGs so far went least."""
+    w = draw.walker
+    pool = draw.rng.sample(draw.starts, min(8, len(draw.starts)))
+    start = min(pool, key=lambda u: (w.usage.get(u, 0), w.server_usage.get(u.split("/")[0], 0)))
+    return w.walk(w.coverage_weight, start, draw.rng, draw.size, draw.settings.branch_prob)
+
+
+def forest_fire(draw: Draw) -> tuple[list[str], list[dict]]:
+    """Every burning node lights 1 + Geometric(``burn_prob``) of its successors."""
+    return draw.walker.forest_fire(draw.start(), draw.rng, draw.size, draw.settings.burn_prob)
+
+
+def fan_out(draw: Draw) -> tuple[list[str], list[dict]]:
+    """One tool and several of its successors."""
+    return draw.walker.fan("out", draw.start(), draw.rng, draw.size)
+
+
+def fan_in(draw: Draw) -> tuple[list[str], list[dict]]:
+    """One tool and several of its predecessors."""
+    return draw.walker.fan("in", draw.start(), draw.rng, draw.size)
+
+
+def uniform(draw: Draw) -> tuple[list[str], list[dict]]:
+    """Random tool sets that ignore the graph, executed in the drawn order."""
+    return draw.rng.sample(draw.tools, min(draw.size, len(draw.tools))), []
+
+
+fan_out.starts = fan_starts
+fan_in.starts = hub_starts
+uniform.walks = False
+
+# the strategies of this module (every function of one ``draw``), for the settings' error messages
+CHOICES = sorted(n for n, f in list(globals().items()) if inspect.isfunction(f) and f.__module__ == __name__
+                 and list(inspect.signature(f).parameters) == ["draw"])
+
+
+# -- drawing -----------------------------------------------------------------------------------------------
+
+
+def sample_subdags(graph: nx.DiGraph, settings: SamplerSettings, seed: int, out_dir: Path) -> dict:
+    """Draw ``settings.n_dags`` distinct sub-DAGs with the strategy ``settings.target`` names; writes
+    dags.jsonl (and shapes.png) into ``out_dir`` and returns the stage metrics."""
+    strategy: Strategy = resolve(settings.target, __name__)
+    proto = _prototype(graph, strategy, settings)
+    dags, counts = _draw_dags(graph, strategy, proto, seed)
+    write_jsonl(Path(out_dir) / "dags.jsonl", dags)
+    metrics = {**dag_metrics(dags, proto.tools), **counts}
+    if settings.plot:
+        plot_shapes(metrics, Path(out_dir) / "shapes.png", settings.strategy)
+    return metrics
+
+
+def _prototype(graph: nx.DiGraph, strategy: Strategy, settings: SamplerSettings) -> Draw:
+    """The parts of a :class:`Draw` every attempt shares: the tools, the walker and the start tools."""
+    tools = sorted(graph.nodes)
+    if settings.servers:
+        tools = [n for n in tools if n.split("/")[0] in set(settings.servers)]
+    if not getattr(strategy, "walks", True):
+        return Draw(None, [], tools, settings)
+    walker = Walker(graph, set(tools), settings)
+    starts = getattr(strategy, "starts", confident_starts)(walker, tools, settings)
+    if not starts:
+        raise ValueError("the tool graph has no edges to walk: lower graph.thresholds.low or use sampler=uniform")
+    return Draw(walker, starts, tools, settings)
+
+
+def _draw_dags(graph: nx.DiGraph, strategy: Strategy, proto: Draw, seed: int) -> tuple[list[dict], dict]:
+    """Attempt after attempt (each its own generator) until ``n_dags`` distinct DAGs are kept."""
+    s, walker = proto.settings, proto.walker
     dags: list[dict] = []
     seen: set[str] = set()
-    attempt = rejected_sink = rejected_unfed = 0
-    while len(dags) < n_dags and attempt < n_dags * max_attempts_factor:
-        rng = rng_for(seed, "sampler", strategy, attempt)
+    attempt = 0
+    rejected = {"rejected_no_answer_sink": 0, "rejected_unfed_probe_failed": 0}
+    while len(dags) < s.n_dags and attempt < s.n_dags * s.max_attempts_factor:
+        rng = rng_for(seed, "sampler", s.strategy, attempt)
         attempt += 1
-        size = rng.randint(min_size, max_size)
-        if walker is None:
-            nodes, edges = rng.sample(nodes_all, min(size, len(nodes_all))), []
-        else:
-            if strategy == "coverage":  # start where the DAGs so far went least
-                pool = rng.sample(starts, min(8, len(starts)))
-                start = min(pool, key=lambda u: (walker.usage.get(u, 0), walker.server_usage.get(u.split("/")[0], 0)))
-            else:
-                start = (rng.choices(starts, weights=[walker.server_weight(u) for u in starts])[0]
-                         if walker.server_weights else rng.choice(starts))
-            if strategy in ("random_walk", "weighted", "coverage"):
-                nodes, edges = walker.walk(strategy, start, rng, size, branch_prob)
-            elif strategy == "forest_fire":
-                nodes, edges = walker.forest_fire(start, rng, size, burn_prob)
-            else:
-                nodes, edges = walker.fan("out" if strategy == "fan_out" else "in", start, rng, size)
-        n_servers = len({n.split("/")[0] for n in nodes})
-        if len(nodes) < min_size or n_servers < min_servers or (require_cross_server and n_servers < 2):
+        size = rng.randint(s.min_size, s.max_size)
+        nodes, edges = strategy(dataclasses.replace(proto, rng=rng, size=size))
+        reason = _rejection(graph, walker, nodes, edges, s)
+        if reason:
+            if reason in rejected:
+                rejected[reason] += 1
             continue
-        if answer_sink and walker is not None and not _answer_sink(graph, nodes, edges):
-            rejected_sink += 1
-            continue
-        if walker is not None and not _all_fed(graph, nodes, edges, probe_failed):
-            rejected_unfed += 1   # a fan-in's hub whose preds could not feed it, a fan-out root
-            continue
-        dag = _make_dag(nodes, edges, seed, len(dags), strategy)
+        dag = _make_dag(nodes, edges, seed, len(dags), s.strategy)
         if dag["id"] in seen:
             continue
         seen.add(dag["id"])
         dags.append(dag)
         if walker is not None:
-            for u in nodes:
-                walker.usage[u] = walker.usage.get(u, 0) + 1
-                walker.server_usage[u.split("/")[0]] = walker.server_usage.get(u.split("/")[0], 0) + 1
-    write_jsonl(Path(out_dir) / "dags.jsonl", dags)
-    metrics = dag_metrics(dags, nodes_all)
-    metrics["attempts"] = attempt
-    metrics["rejected_no_answer_sink"] = rejected_sink
-    metrics["rejected_unfed_probe_failed"] = rejected_unfed
-    if plot:
-        plot_shapes(metrics, Path(out_dir) / "shapes.png", strategy)
-    return metrics
+            walker.record(nodes)
+    return dags, {"attempts": attempt, **rejected}
+
+
+def _rejection(graph: nx.DiGraph, walker: Walker | None, nodes: list[str], edges: list[dict],
+               s: SamplerSettings) -> str | None:
+    """Why a drawn DAG is not kept (a metrics key for the graph-based reasons), or None."""
+    n_servers = len({n.split("/")[0] for n in nodes})
+    if len(nodes) < s.min_size or n_servers < s.min_servers or (s.require_cross_server and n_servers < 2):
+        return "size"
+    if s.answer_sink and walker is not None and not _answer_sink(graph, nodes, edges):
+        return "rejected_no_answer_sink"
+    if walker is not None and not _all_fed(graph, nodes, edges, s.probe_failed):
+        return "rejected_unfed_probe_failed"   # a fan-in's hub whose preds could not feed it, a fan-out root
+    return None
 
 
 def dag_metrics(dags: list[dict], nodes_all: list[str]) -> dict:
@@ -344,3 +444,18 @@ def plot_shapes(metrics: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# -- stage ---------------------------------------------------------------------------------------------------
+
+
+def run(settings: SamplerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    return sample_subdags(inputs["graph"].value, settings, ctx.seed, ctx.out)
+
+
+def load(folder: Path, ctx: RunContext) -> list[dict]:
+    return read_jsonl(Path(folder) / "dags.jsonl")
+
+
+STAGE = Stage("sampler", run, load, inputs=("graph",), artifacts=("dags.jsonl", "shapes.png"),
+              params=lambda s, ctx: {"seed": ctx.seed}, code=(run, rng_for))

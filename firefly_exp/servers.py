@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,11 @@ from tqdm import tqdm
 
 from .mcp_client import ServerHandle, ServerStartError
 from .sandbox import seed_sandbox
+from .settings import ServersSettings
+from .stage import RunContext, Stage, StageResult
 from .store import stable_hash, write_json_atomic
+
+CONCURRENCY = 4   # servers started at once while listing tools (each is a process; startup dominates)
 
 # Tools with these name prefixes only read, when a server does not annotate them.
 _READ_PREFIXES = ("get", "list", "read", "search", "describe", "show", "open", "find", "query_info",
@@ -87,13 +92,14 @@ async def _discover_one(spec: dict, install_dir: Path, sandbox: Path, startup_ti
 
 
 def discover_tools(specs: list[dict], install_dir: Path, sandbox_root: Path, out_dir: Path,
-                   startup_timeout_s: float = 30, call_timeout_s: float = 15, concurrency: int = 4) -> dict:
-    """List every server's tools; write tools.parquet and servers.json into ``out_dir``."""
+                   startup_timeout_s: float = 30, call_timeout_s: float = 15) -> dict:
+    """List every server's tools (``CONCURRENCY`` servers at once); write tools.parquet and servers.json
+    into ``out_dir``. The timeouts' defaults serve direct callers; the stage passes ``servers.*``."""
     sandbox = Path(sandbox_root) / "discovery"
     seed_sandbox(sandbox, specs)
 
     async def main() -> list[tuple[dict, list[dict]]]:
-        gate = asyncio.Semaphore(concurrency)
+        gate = asyncio.Semaphore(CONCURRENCY)
         bar = tqdm(total=len(specs), desc="discover servers", unit="server")
 
         async def one(spec: dict):
@@ -125,3 +131,28 @@ def discover_tools(specs: list[dict], install_dir: Path, sandbox_root: Path, out
 
 def load_tools(folder: Path) -> pl.DataFrame:
     return pl.read_parquet(Path(folder) / "tools.parquet")
+
+
+# -- stage ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What the servers stage gives later stages: the tool catalog and the per-server reports."""
+
+    tools: pl.DataFrame      # one row per tool (tools.parquet)
+    reports: list[dict]      # per server: status, version, tool count, tool-schema hash, reason (servers.json)
+
+
+def run(settings: ServersSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    return discover_tools(list(ctx.specs.values()), ctx.install_dir, ctx.sandbox_root, ctx.out,
+                          settings.startup_timeout_s, settings.call_timeout_s)
+
+
+def load(folder: Path, ctx: RunContext) -> Discovered:
+    return Discovered(load_tools(folder), json.loads((Path(folder) / "servers.json").read_text()))
+
+
+# the enabled catalog entries are the address (settings.servers.catalog lists every server, enabled or not)
+STAGE = Stage("servers", run, load, artifacts=("tools.parquet", "servers.json"),
+              params=lambda s, ctx: {"specs": ctx.specs})

@@ -135,11 +135,13 @@ class ServerSpec(Group):
 
 
 class ServersSettings(Group):
-    catalog: dict[str, ServerSpec] = Field(description="every server this project can explore")
+    # the enabled entries are in the servers stage's address (its specs): an edit to another entry,
+    # or a move of the install folder, must not re-run every stage
+    catalog: dict[str, ServerSpec] = runtime(description="every server this project can explore")
     enabled: list[str] = Field(description="the catalog ids this experiment explores")
     startup_timeout_s: float = Field(gt=0, le=3600, description="spawn + initialize, per server")
     call_timeout_s: float = Field(gt=0, le=3600, description="one tools/call")
-    install_dir: str = Field(description="the servers' install prefix (paths.servers)")
+    install_dir: str = runtime(description="the servers' install prefix (paths.servers)")
 
     @model_validator(mode="after")
     def _known_servers(self):

@@ -8,13 +8,14 @@ import networkx as nx
 import numpy as np
 import polars as pl
 import pytest
-from omegaconf import OmegaConf
+from stage_settings import graph_settings, sampler_settings
 
 from firefly_exp import PROJECT_ROOT
-from firefly_exp.graph import _Keys, _t1, build_graph, flow_matrix_rows, flow_score, input_params, load_graph, \
-    output_fields
+from firefly_exp.graph import GraphInputs, _Keys, _t1, build_graph, flow_matrix_rows, flow_score, input_params, \
+    load_graph, output_fields
 from firefly_exp.observed import edge_validity, observed_flow
-from firefly_exp.sampler import STRATEGIES, sample_subdags
+from firefly_exp.sampler import sample_subdags
+from firefly_exp.settings import SamplerSettings
 from firefly_exp.schemas import infer_output_schemas
 from firefly_exp.store import read_jsonl
 
@@ -79,8 +80,8 @@ def test_inferred_schemas_and_observed_flow_shape_the_graph(tmp_path):
     loc = inferred["fs/list_files"]["properties"]["entries"]["items"]["properties"]["location"]
     assert loc == {"type": "string", "x-pattern": "path"}
     assert observed_flow(_calls()) == {("fs/list_files", "text/count_words"): {"n": 1, "mapping": {"text": "entries.0.location"}}}
-    m = build_graph(_tools(), tmp_path, {"flow": 1.0, "similarity": 0.0, "observed": 1.0},
-                    {"low": 0.3, "medium": 0.5, "high": 0.8}, observed_calls=_calls())
+    m = build_graph(_tools(), graph_settings({"flow": 1.0, "observed": 1.0}, {"low": 0.3, "medium": 0.5, "high": 0.8}),
+                    tmp_path, GraphInputs(observed_calls=_calls()))
     g = load_graph(tmp_path)
     # the inferred path-valued field feeds read_file's `file` by its value pattern
     assert g["fs/list_files"]["fs/read_file"]["mapping"] == {"file": "entries.0.location"}
@@ -98,15 +99,15 @@ def test_lm_judge_runs_on_top_candidates_only_and_is_cached(tmp_path):
 
     tools = _tools()
     lm = DummyLM([{"confidence": "medium", "mapping": json.dumps({"file": "*"})}] * 10)
-    m = build_graph(tools, tmp_path, {"flow": 1.0, "similarity": 0.0}, {"low": 0.1, "medium": 0.5, "high": 0.8},
-                    lm_judge={"max_pairs": 1, "num_threads": 1}, lm=lm, cache_dir=tmp_path / "cache")
+    settings = graph_settings({"flow": 1.0}, {"low": 0.1, "medium": 0.5, "high": 0.8},
+                              lm_judge={"enabled": True, "max_pairs": 1, "num_threads": 1})
+    m = build_graph(tools, settings, tmp_path, GraphInputs(lm=lm, cache_dir=tmp_path / "cache"))
     assert m["lm_judged"] == 1 and "agreement.combined_vs_lm" in m
     assert len(list((tmp_path / "cache/edge_judge").glob("*.json"))) == 1
     out2 = tmp_path / "again"
     out2.mkdir()
     empty = DummyLM([])  # a second build answers from the cache: no LM call
-    assert build_graph(tools, out2, {"flow": 1.0, "similarity": 0.0}, {"low": 0.1, "medium": 0.5, "high": 0.8},
-                       lm_judge={"max_pairs": 1}, lm=empty, cache_dir=tmp_path / "cache")["lm_judged"] == 1
+    assert build_graph(tools, settings, out2, GraphInputs(lm=empty, cache_dir=tmp_path / "cache"))["lm_judged"] == 1
 
 
 def _graph(n=30, servers=5):
@@ -123,10 +124,13 @@ def _graph(n=30, servers=5):
     return g
 
 
+STRATEGIES = sorted(f.stem for f in (PROJECT_ROOT / "conf/sampler").glob("[!_]*.yaml"))   # every choice file
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_sampler_draws_distinct_valid_dags(strategy, tmp_path):
-    m = sample_subdags(_graph(), tmp_path, seed=3, strategy=strategy, n_dags=40, min_size=3 if "fan" in strategy else 2,
-                       max_size=4, max_depth=3)
+    m = sample_subdags(_graph(), sampler_settings(strategy, n_dags=40, min_size=3 if "fan" in strategy else 2,
+                                                  max_size=4, max_depth=3), 3, tmp_path)
     dags = read_jsonl(tmp_path / "dags.jsonl")
     assert m["dags"] == len(dags) == len({d["id"] for d in dags}) > 20
     assert (tmp_path / "shapes.png").stat().st_size > 0
@@ -145,22 +149,24 @@ def test_every_sampler_draws_distinct_valid_dags(strategy, tmp_path):
 
 
 def test_sampler_constraints_and_coverage(tmp_path):
-    m = sample_subdags(_graph(), tmp_path, seed=1, strategy="random_walk", n_dags=30, require_cross_server=True,
-                       max_servers=2)
+    m = sample_subdags(_graph(), sampler_settings(n_dags=30, require_cross_server=True, max_servers=2), 1, tmp_path)
     assert all(len(d["servers"]) == 2 for d in read_jsonl(tmp_path / "dags.jsonl")) and m["cross_server_fraction"] == 1
-    walk = sample_subdags(_graph(200, 20), tmp_path, seed=1, strategy="random_walk", n_dags=40, start_rule="any")
-    cover = sample_subdags(_graph(200, 20), tmp_path, seed=1, strategy="coverage", n_dags=40, start_rule="any")
+    walk = sample_subdags(_graph(200, 20), sampler_settings(n_dags=40, start_rule="any"), 1, tmp_path)
+    cover = sample_subdags(_graph(200, 20), sampler_settings("coverage", n_dags=40, start_rule="any"), 1, tmp_path)
     assert cover["tools_covered"] > walk["tools_covered"]
 
 
-def test_every_sampler_config_binds_to_sample_subdags():
-    params = set(inspect.signature(sample_subdags).parameters)
-    files = sorted((PROJECT_ROOT / "conf/sampler").glob("*.yaml"))
-    assert {f.stem for f in files} >= set(STRATEGIES)
-    for f in files:
-        conf = OmegaConf.to_container(OmegaConf.load(f))
-        assert set(conf) <= params, f
-        assert conf["strategy"] == f.stem
+def test_every_sampler_config_names_its_strategy_function(config):
+    """Each choice file composes into valid SamplerSettings whose ``_target_`` is a strategy function of
+    one Draw named like the file."""
+    from firefly_exp import sampler
+    from firefly_exp.settings import load_settings
+
+    assert STRATEGIES == sampler.CHOICES
+    for name in STRATEGIES:
+        s = load_settings(config(f"sampler={name}")).sampler
+        assert isinstance(s, SamplerSettings) and s.target == f"firefly_exp.sampler.{name}" and s.strategy == name
+        assert list(inspect.signature(getattr(sampler, name)).parameters) == ["draw"]
 
 
 def test_edge_validity_counts_consecutive_pairs_for_edgeless_dags():
@@ -175,15 +181,15 @@ def test_edge_validity_counts_consecutive_pairs_for_edgeless_dags():
 def test_adding_a_server_changes_the_graph_without_code(config, tmp_path):
     """A catalog entry added in a composed config (no code): its tools are discovered and in the graph."""
     from conftest import installed
-    from firefly_exp.settings import load_settings
     from firefly_exp.servers import discover_tools, load_tools
+    from firefly_exp.settings import load_settings
 
     if not (installed("time-node") and installed("time")):
         pytest.skip("servers not installed (make servers)")
     cfg = config("+servers.catalog.clock-two=${servers.catalog.time-node}", "servers.enabled=[time,clock-two]")
     specs = load_settings(cfg).servers.specs()
     discover_tools(list(specs.values()), Path(cfg.servers.install_dir), tmp_path / "sb", tmp_path)
-    build_graph(load_tools(tmp_path), tmp_path, {"flow": 1.0, "similarity": 0.0}, {"low": 0.1, "medium": 0.5, "high": 0.8})
+    build_graph(load_tools(tmp_path), graph_settings({"flow": 1.0}, {"low": 0.1, "medium": 0.5, "high": 0.8}), tmp_path)
     g = load_graph(tmp_path)
     assert {d["server"] for _, d in g.nodes(data=True)} == {"time", "clock-two"}
     assert any(n.startswith("clock-two/") for n in g.nodes)

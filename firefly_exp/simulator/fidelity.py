@@ -18,7 +18,7 @@ from collections import defaultdict
 import polars as pl
 
 from ..results import answers_match, get_path, leaves, value_of
-from ..sampler import rng_for
+from ..seeding import rng_for
 from . import HIT_KINDS, Simulator, canonical_args
 
 

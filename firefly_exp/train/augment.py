@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 
+from ..answers import candidate_fields, leaks as _leaks
 from ..results import field_name, json_type, value_of
-from ..sampler import rng_for
-from ..synthesizer import _leaks, candidate_fields, field_description, template_question
+from ..seeding import rng_for
+from ..synthesizer import field_description, template_question
 from .chat import tool_response_text
 
 
