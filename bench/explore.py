@@ -34,7 +34,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from firefly_exp import PROJECT_ROOT
-from firefly_exp.explorer import ExploreSettings, HeuristicProposer, explore
+from firefly_exp.explorer import Exploration, HeuristicProposer, explore, settings_from_yaml
 from firefly_exp.mcp_client import ServerHandle, launch_parameters
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.store import write_json_atomic
@@ -96,8 +96,9 @@ def _explore(dags, tools, specs, install_dir, work: Path, concurrency: int, warm
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     t = time.perf_counter()
-    metrics = explore(dags, tools, specs, install_dir, work / "sb", work / "out", 0, HeuristicProposer(),
-                      ExploreSettings(concurrency=concurrency, warm_stateful=warm))
+    settings = settings_from_yaml(concurrency=concurrency, warm_stateful=warm)
+    metrics = explore(dags, Exploration(tools, specs, install_dir, work / "sb", settings, 0, HeuristicProposer()),
+                      work / "out")
     return time.perf_counter() - t, metrics
 
 

@@ -6,7 +6,7 @@
 
 On the smoke servers (conf/servers/smoke.yaml): the DAG set of ``bench/explore.py`` (stateless chains
 and stateful ones: a fresh sandbox and fresh stateful servers per DAG), explored with the same
-``ExploreSettings`` (``--concurrency`` DAGs at once per process) locally and sharded across
+explorer settings (``--concurrency`` DAGs at once per process) locally and sharded across
 ``--workers`` Ray workers, each with its own server pool and sandbox, merged into one folder. After
 one uncounted warm-up round of each, rounds alternate local / ray so that load from elsewhere hits
 both; the median ratio counts.
@@ -30,19 +30,30 @@ from pathlib import Path
 
 from bench.explore import SHAPES, _specs
 from firefly_exp import PROJECT_ROOT, executor
-from firefly_exp.explorer import ExploreSettings
+from firefly_exp.explorer import settings_from_yaml
 from firefly_exp.servers import discover_tools, load_tools
+from firefly_exp.stage import RunContext
 from firefly_exp.store import read_jsonl, write_json_atomic
 
 
-def _run(runner, dags, tools, specs, install_dir, work: Path, settings) -> tuple[float, list]:
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
+def _settings():
+    """The smoke experiment's settings (seed 0, no LM): the run context executor.explore reads."""
+    from hydra import compose, initialize_config_dir
+
+    from firefly_exp.settings import load_settings
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return load_settings(compose(config_name="config", overrides=["+experiment=smoke"]))
+
+
+def _run(runner, dags, tools, settings, ctx: RunContext) -> tuple[float, list]:
+    """Explore ``dags`` into ``ctx.out`` (a fresh folder; the sandbox is ``ctx.run_dir``/sandbox)."""
+    shutil.rmtree(ctx.run_dir, ignore_errors=True)
+    ctx.out.mkdir(parents=True)
     t = time.perf_counter()
-    executor.explore(runner, dags, tools, specs, install_dir, work / "sb", work / "out", 0, "heuristic", None, None,
-                     settings)
+    executor.explore(runner, dags, tools, settings, ctx)
     wall = time.perf_counter() - t
-    ordered = read_jsonl(work / "out" / "trajectories.ordered.jsonl")
+    ordered = read_jsonl(ctx.out / "trajectories.ordered.jsonl")
     return wall, [(t["dag_id"], t["status"], [(c["tool"], c["arguments"]) for c in t["calls"]]) for t in ordered]
 
 
@@ -67,7 +78,11 @@ def main() -> dict:
              "edges": [{"source": x, "target": y, "mapping": {}} for x, y in zip(shapes[i % len(shapes)],
                                                                                  shapes[i % len(shapes)][1:])]}
             for i in range(a.dags)]
-    settings = ExploreSettings(concurrency=a.concurrency)
+    settings, full = settings_from_yaml(concurrency=a.concurrency), _settings()
+
+    def context(name: str) -> RunContext:
+        return RunContext(full, work / name, specs, out=work / name / "out")
+
     report = {"servers": sorted(specs), "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
               "dags": len(dags), "workers": a.workers, "concurrency_per_process": a.concurrency}
     local = executor.Executor()
@@ -78,12 +93,12 @@ def main() -> dict:
     walls_local, walls_ray, same = [], [], []
     try:
         for name, runner in (("local", local), ("ray", ray)):   # warm-up, not counted: first server starts, imports
-            _run(runner, dags, tools, specs, install_dir, work / name, settings)
+            _run(runner, dags, tools, settings, context(name))
         for i in range(a.repeats):
             order = [("local", local), ("ray", ray)] if i % 2 == 0 else [("ray", ray), ("local", local)]
             got = {}
             for name, runner in order:
-                wall, trajs = _run(runner, dags, tools, specs, install_dir, work / name, settings)
+                wall, trajs = _run(runner, dags, tools, settings, context(name))
                 (walls_local if name == "local" else walls_ray).append(wall)
                 got[name] = trajs
             same.append(got["local"] == got["ray"])

@@ -20,17 +20,25 @@ produces, so a folder made with one executor is reused by the other.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import PROJECT_ROOT, explorer, synthesizer
+from .settings import resolve
 from .store import read_jsonl, write_jsonl
 
-KINDS = ("local", "ray")
+if TYPE_CHECKING:
+    from .settings import ExecutorSettings, ExplorerSettings, LMSettings, SynthesizerSettings
+    from .stage import RunContext
+
+#: the executors ``executor._target_`` may name by bare name
+CHOICES = ("Executor", "RayExecutor")
 
 
 class Executor:
@@ -38,6 +46,9 @@ class Executor:
 
     kind = "local"
     workers = 1
+
+    def __init__(self, **_options):
+        """The local executor has no options (the Ray ones of the executor group do not apply)."""
 
     def map(self, fn, jobs: list) -> list:
         return [fn(*job) for job in jobs]
@@ -85,33 +96,33 @@ class RayExecutor(Executor):
             self.ray.shutdown()
 
 
-def make_executor(conf: dict | None) -> Executor:
-    """The executor of ``conf/executor/<kind>.yaml``; a one-line error names a bad kind."""
-    conf = dict(conf or {"kind": "local"})
-    kind = conf.pop("kind", "local")
-    if kind == "local":
-        return Executor()
-    if kind == "ray":
-        return RayExecutor(**conf)
-    raise ValueError(f"executor.kind={kind!r}: choose from {', '.join(KINDS)} (conf/executor/)")
+def make_executor(settings: ExecutorSettings) -> Executor:
+    """The executor ``executor._target_`` names (conf/executor/<name>.yaml), built from the group's
+    other keys (``kind`` is its label in the summary)."""
+    options = {k: v for k, v in settings.plain().items() if k not in ("_target_", "kind")}
+    return resolve(settings.target, __name__)(**options)
 
 
 # -- exploration -------------------------------------------------------------------------------------
 
-def explore(executor: Executor, dags: list[dict], tools, specs: dict, install_dir: Path, sandbox_root: Path,
-            out_dir: Path, seed: int, proposer_kind: str, lm_conf: dict | None, lm: Any,
-            settings: explorer.ExploreSettings) -> dict:
-    """:func:`explorer.explore`, in this process or sharded across the executor's workers."""
-    if executor.kind == "local" or executor.workers < 2:
-        return explorer.explore(dags, tools, specs, install_dir, sandbox_root, out_dir, seed,
-                                explorer.make_proposer(proposer_kind, lm), settings)
-    explorer.make_proposer(proposer_kind, lm)   # a missing LM fails here, in one line, not in a worker
-    out_dir = Path(out_dir)
+def explore(executor: Executor, dags: list[dict], tools, settings: ExplorerSettings, ctx: RunContext) -> dict:
+    """:func:`explorer.explore` of ``dags`` into ``ctx.out``, in this process or sharded across the
+    executor's workers. ``ctx`` (the stage's run context) gives the specs, install folder, sandbox
+    root, seed and LM; ``settings.proposer`` names the factory of the proposer."""
+    # built here even when the workers build their own: a missing LM fails in one line, not in a worker
+    proposer = resolve(settings.proposer)(settings, ctx)
+    run = explorer.Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root, settings, ctx.seed, proposer)
+    if executor.workers < 2:
+        return explorer.explore(dags, run, ctx.out)
+    out_dir = Path(ctx.out)
     done = {t["dag_id"] for t in read_jsonl(out_dir / "trajectories.jsonl")}   # an earlier partial run
     todo = [d for d in dags if d["id"] not in done]
     n = min(executor.workers, max(len(todo), 1))
-    jobs = [(todo[i::n], tools, specs, str(install_dir), str(Path(sandbox_root) / f"shard-{i}"),
-             str(out_dir / "shards" / str(i)), seed, proposer_kind, lm_conf, settings) for i in range(n)]
+    # what travels to a worker: no live objects (the LM, the executor); a worker configures its own LM
+    lm_conf = worker_lm_conf(ctx.settings.lm) if getattr(proposer, "lm", None) is not None else None
+    bare = dataclasses.replace(ctx, lm=None, executor=None)
+    jobs = [(todo[i::n], dataclasses.replace(run, sandbox_root=Path(ctx.sandbox_root) / f"shard-{i}", proposer=None),
+             out_dir / "shards" / str(i), bare, lm_conf) for i in range(n)]
     started = time.perf_counter()
     results = executor.map(_explore_shard, jobs)
     wall = time.perf_counter() - started
@@ -125,16 +136,23 @@ def explore(executor: Executor, dags: list[dict], tools, specs: dict, install_di
             **_summed_lm_usage(r["lm_usage"] for r in results), "shards": n}
 
 
-def _explore_shard(dags, tools, specs, install_dir, sandbox_root, out_dir, seed, proposer_kind, lm_conf,
-                   settings) -> dict:
+def _explore_shard(dags: list[dict], run: explorer.Exploration, out_dir: Path, ctx: RunContext,
+                   lm_conf: dict | None) -> dict:
     """One worker: explore a shard of the DAGs with its own server pool and sandbox; return its records."""
     from programs.lm import configure_lm, lm_usage
 
-    lm = configure_lm(lm_conf) if proposer_kind == "dspy" else None
-    metrics = explorer.explore(dags, tools, specs, Path(install_dir), Path(sandbox_root), Path(out_dir), seed,
-                               explorer.make_proposer(proposer_kind, lm), settings)
+    lm = configure_lm(lm_conf)
+    proposer = resolve(run.settings.proposer)(run.settings, dataclasses.replace(ctx, lm=lm))
+    metrics = explorer.explore(dags, dataclasses.replace(run, proposer=proposer), out_dir)
     return {"metrics": metrics, "trajectories": read_jsonl(Path(out_dir) / "trajectories.jsonl"),
             "calls": read_jsonl(Path(out_dir) / "calls.jsonl"), "lm_usage": lm_usage(lm) if lm else {}}
+
+
+def worker_lm_conf(lm: LMSettings) -> dict:
+    """What configures a worker's LM (``programs.lm.configure_lm``): the lm group less its runtime
+    fields (the start-up check's timeout is no LiteLLM keyword)."""
+    runtime = {f.alias or n for n, f in type(lm).model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
+    return {k: v for k, v in lm.plain().items() if k not in runtime}
 
 
 def _summed_lm_usage(usages) -> dict:
@@ -165,56 +183,83 @@ def merge_exploration(out_dir: Path, trajectories: list[dict], calls: list[dict]
 
 # -- synthesis ---------------------------------------------------------------------------------------
 
-def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], dags: dict[str, dict],
-               tools: dict, simulator, simulator_folder: Path, tools_frame, out_dir: Path, seed: int,
-               options: dict, kind: str, lm_conf: dict | None, writer=None, judge=None, live_check=None) -> dict:
+@dataclass(frozen=True)
+class SynthesisJob:
+    """What one synthesis reads (the synthesizer stage builds it); a worker gets a chunk of it, less
+    the live objects (simulator, writer, judge, live check), and loads the simulator from its folder."""
+
+    trajectories: list[dict]
+    calls: list[dict]
+    dags: dict[str, dict]              # by DAG id
+    tools: dict                        # tool rows by name
+    simulator: Any                     # the loaded replay simulator (this process)
+    simulator_folder: Path             # where a worker loads it from
+    tools_frame: Any                   # tools.parquet as a DataFrame (Simulator.load reads it)
+    seed: int
+    settings: SynthesizerSettings
+    lm_conf: dict | None = None        # configures a worker's LM (see worker_lm_conf)
+    writer: Any = None
+    judge: Any = None
+    live_check: Any = None
+
+    @property
+    def options(self) -> dict:
+        """The synthesizer's keywords: its settings less ``kind`` (passed on its own) and ``judge``
+        (whether ``judge`` is given at all)."""
+        return {k: v for k, v in self.settings.plain().items() if k not in ("kind", "judge")}
+
+
+def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
     """:func:`synthesizer.synthesize_tasks`, in this process or with the per-trajectory part (task
     generation and verification against the replay simulator) split across the executor's workers."""
-    if executor.kind == "local" or executor.workers < 2:
-        return synthesizer.synthesize_tasks(trajectories, calls, dags, tools, simulator, out_dir, seed,
-                                            kind=kind, writer=writer, judge=judge, live_check=live_check, **options)
+    kind, options = job.settings.kind, job.options
+    if executor.workers < 2:
+        return synthesizer.synthesize_tasks(job.trajectories, job.calls, job.dags, job.tools, job.simulator, out_dir,
+                                            job.seed, kind=kind, writer=job.writer, judge=job.judge,
+                                            live_check=job.live_check, **options)
     per_trajectory = set(inspect.signature(synthesizer.candidate_tasks).parameters)
     generate = {k: v for k, v in options.items() if k in per_trajectory}
     finish = {k: v for k, v in options.items() if k not in per_trajectory}
     synthesizer.check_options(kind, finish.get("split", "random"), finish.get("determinism", "off"),
-                              generate.get("single_call", "fallback"), writer, live_check)
-    n = min(executor.workers, max(len(trajectories), 1))
-    size = -(-len(trajectories) // n)
-    chunks = [trajectories[i * size:(i + 1) * size] for i in range(n)]
-    jobs = []
-    for chunk in chunks:
-        episodes = {t.get("episode") for t in chunk}
-        chunk_calls = [c for c in calls if c["episode"] in episodes]
-        chunk_dags = {t["dag_id"]: dags[t["dag_id"]] for t in chunk if t["dag_id"] in dags}
-        jobs.append((chunk, chunk_calls, chunk_dags, tools, str(simulator_folder), tools_frame, seed, kind,
-                     generate, lm_conf))
+                              generate.get("single_call", "fallback"), job.writer, job.live_check)
+    n = min(executor.workers, max(len(job.trajectories), 1))
+    size = -(-len(job.trajectories) // n)
+    jobs = [(_chunk(job, job.trajectories[i * size:(i + 1) * size]), generate) for i in range(n)]
     candidates: list[dict] = []
     rejected: Counter = Counter()
     results = executor.map(_synthesize_chunk, jobs)
     for tasks, counts, _ in results:   # in chunk order: deduplication keeps the first, as locally
         candidates.extend(tasks)
         rejected.update(counts)
-    return {**synthesizer.finish_tasks(candidates, rejected, len(trajectories), out_dir, seed, judge=judge,
-                                       live_check=live_check, **finish),
+    return {**synthesizer.finish_tasks(candidates, rejected, len(job.trajectories), out_dir, job.seed,
+                                       judge=job.judge, live_check=job.live_check, **finish),
             **_summed_lm_usage(usage for _, _, usage in results), "shards": n}
 
 
-def _synthesize_chunk(trajectories, calls, dags, tools, simulator_folder, tools_frame, seed, kind, generate,
-                      lm_conf) -> tuple[list[dict], dict, dict]:
+def _chunk(job: SynthesisJob, chunk: list[dict]) -> SynthesisJob:
+    """A worker's part of ``job``: its trajectories, their calls and DAGs, no live objects."""
+    episodes = {t.get("episode") for t in chunk}
+    return dataclasses.replace(job, trajectories=chunk, calls=[c for c in job.calls if c["episode"] in episodes],
+                               dags={t["dag_id"]: job.dags[t["dag_id"]] for t in chunk if t["dag_id"] in job.dags},
+                               simulator=None, writer=None, judge=None, live_check=None)
+
+
+def _synthesize_chunk(job: SynthesisJob, generate: dict) -> tuple[list[dict], dict, dict]:
     """One worker: generate and verify the tasks of a chunk of trajectories (exact replay only, as locally)."""
     from .simulator import Simulator
 
     from programs.lm import configure_lm, lm_usage
 
     lm = writer = None
+    kind = job.settings.kind
     if kind == "dspy":
         from programs.synthesizer import TaskWriter
 
-        lm = configure_lm(lm_conf)
+        lm = configure_lm(job.lm_conf)
         writer = TaskWriter(lm)
-    sim = Simulator.load(Path(simulator_folder), tools_frame)
-    tasks, rejected = synthesizer.candidate_tasks(trajectories, calls, dags, tools, sim, seed, kind,
-                                                  writer=writer, **generate)
+    sim = Simulator.load(Path(job.simulator_folder), job.tools_frame)
+    tasks, rejected = synthesizer.candidate_tasks(job.trajectories, job.calls, job.dags, job.tools, sim, job.seed,
+                                                  kind, writer=writer, **generate)
     return tasks, dict(rejected), lm_usage(lm) if lm else {}
 
 

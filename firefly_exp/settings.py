@@ -243,7 +243,10 @@ class SamplerSettings(Group):
 
 
 class ExplorerSettings(Group):
-    kind: Literal["heuristic", "dspy"] = Field(description="who proposes arguments: heuristic (offline) or dspy (LM)")
+    kind: Literal["heuristic", "dspy"] = Field(description="heuristic (offline) or dspy (the proposer calls the LM: "
+                                                           "needs lm=..., and the LM is in the store address)")
+    proposer: str = Field(description="who proposes arguments: a factory (settings, ctx) -> Proposer "
+                                      "(firefly_exp/explorer/proposal.py, programs/explorer.py)")
     concurrency: int = runtime(ge=1, le=256, description="DAGs explored at once")
     max_retries: int = Field(ge=0, le=100, description="argument repairs after a tool error, per node")
     dag_retries: int = Field(ge=0, le=100, description="reruns of a DAG whose server crashed or hung")
@@ -254,6 +257,11 @@ class ExplorerSettings(Group):
     keep_sandboxes: bool = runtime(False)
     warm_stateful: bool = runtime(True)
     warm_all: bool = runtime(False)
+
+    @field_validator("proposer")
+    @classmethod
+    def _proposer(cls, v):
+        return _check_target(v, "firefly_exp.explorer.proposal", "explorer proposer")
 
 
 class SynthesizerSettings(Group):
@@ -389,12 +397,28 @@ class LMSettings(Group):
 
 class ExecutorSettings(Group):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    kind: Literal["local", "ray"] = "local"
+    target: str = Field("firefly_exp.executor.Executor", alias="_target_",
+                        description="the executor: a class in firefly_exp/executor.py, built from the other keys")
+    kind: Literal["local", "ray"] = Field("local", description="the executor's label (summary.json): its class's kind")
     address: Optional[str] = None
     num_workers: int = Field(2, ge=1, le=100_000)
     num_cpus: Optional[int] = Field(None, ge=1)
     object_store_memory_mb: Optional[int] = Field(256, ge=64)
     runtime_env: Optional[dict] = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v):
+        return _check_target(v, "firefly_exp.executor", "executor")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_of_target(cls, v, info):
+        target = info.data.get("target")
+        made = getattr(resolve(target, "firefly_exp.executor"), "kind", v) if target else v
+        if made != v:
+            raise ValueError(f"{target} runs kind '{made}', not '{v}'; pick executor=local or executor=ray")
+        return v
 
 
 class MLflowSettings(Group):

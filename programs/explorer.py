@@ -3,7 +3,7 @@
 The tool to call reaches the program as a ``dspy.Tool`` built by DSPy's MCP support
 (``dspy.Tool.from_mcp_tool``) from the server's own tool listing, so the LM sees the tool's name,
 description and typed arguments the way any DSPy tool-using program does. The call itself is made
-by the explorer engine (``firefly_exp.explorer``), which maps sandbox paths and records every call;
+by the explorer engine (``firefly_exp.explorer.runtime``), which maps sandbox paths and records every call;
 the tool's bound session only says so if something tries to call it directly.
 """
 
@@ -97,3 +97,13 @@ class DSPyProposer:
         except Exception as exc:  # noqa: BLE001 - an unusable LM answer falls back below
             print(f"[explorer] LM proposal failed for {tool['tool']}: {exc}")
         return self.fallback.propose(ctx, attempt, last_error) if self.fallback else None
+
+
+def dspy_proposer(settings, ctx) -> DSPyProposer:
+    """``proposer: programs.explorer.dspy_proposer`` (conf/explorer/dspy.yaml): the LM proposes each
+    call's arguments (``ctx.lm``, the run's LM), the heuristic when its answer is unusable."""
+    if ctx.lm is None:
+        raise ValueError("explorer=dspy needs an LM: set lm=<choice> (see conf/lm/) or use explorer=heuristic")
+    from firefly_exp.explorer.proposal import HeuristicProposer
+
+    return DSPyProposer(ctx.lm, fallback=HeuristicProposer())

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from firefly_exp.explorer import ORDERED, ExploreSettings, HeuristicProposer, explore, load_trajectories
+from firefly_exp.explorer import ORDERED, Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.mcp_client import QUIET_ENV, ServerHandle
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.store import read_jsonl
@@ -63,9 +63,10 @@ def test_server_killed_mid_dag_is_restarted_and_the_dag_retried(tmp_path, fixtur
     specs["crashy"] = {**specs["pool"], "id": "crashy"}
     out = tmp_path / "explore"
     result: dict = {}
+    settings = settings_from_yaml(concurrency=3, call_timeout_s=10, dag_timeout_s=60, dag_retries=1)
     runner = threading.Thread(target=lambda: result.update(explore(
-        [nap, crash, *others], tools, specs, fixture_tools, tmp_path / "sb", out, 0, HeuristicProposer(),
-        ExploreSettings(concurrency=3, call_timeout_s=10, dag_timeout_s=60, dag_retries=1))))
+        [nap, crash, *others], Exploration(tools, specs, fixture_tools, tmp_path / "sb", settings, 0,
+                                           HeuristicProposer()), out)))
     runner.start()
     killed, deadline = None, time.time() + 30
     while killed is None and time.time() < deadline:   # the first echo of dag-kill is on disk: it naps now
@@ -145,3 +146,119 @@ def test_server_sees_no_secrets_only_declared_env(tmp_path, monkeypatch):
     assert set(env) <= {"HOME", "TMPDIR", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "DECLARED_FOR_SERVER",
                         "LC_CTYPE", "PWD", *QUIET_ENV}   # LC_CTYPE, PWD: set by Python / the process itself
     assert env["FASTMCP_CHECK_FOR_UPDATES"] == "off"   # no server asks a registry for updates
+
+
+# -- the stage, its settings and the executor -----------------------------------------------------------
+
+
+def _context(tmp_path: Path, install_dir: Path, runner, lm_model: str | None = None):
+    """A run context holding what the explorer stage reads of the settings (seed, install folder, LM)."""
+    from firefly_exp.settings import LMSettings, ServersSettings, Settings
+    from firefly_exp.stage import RunContext
+
+    settings = Settings.model_construct(seed=0, lm=LMSettings(model=lm_model),
+                                        servers=ServersSettings.model_construct(install_dir=str(install_dir)))
+    return RunContext(settings, tmp_path / "run", SPECS, None, runner)
+
+
+def _stage_run(tmp_path: Path, fixture_tools: Path, runner, name: str) -> tuple[dict, Path]:
+    from firefly_exp.explorer import STAGE
+    from firefly_exp.stage import StageResult
+
+    tools = load_tools(fixture_tools)
+    inputs = {"sampler": StageResult("sampler", "k", tmp_path, {}, False, 0.0, dags()),
+              "servers": StageResult("servers", "k", fixture_tools, {}, False, 0.0, tools)}
+    out = tmp_path / name
+    ctx = _context(tmp_path / f"ctx-{name}", fixture_tools, runner).for_stage(out)
+    settings = settings_from_yaml(concurrency=2, call_timeout_s=10, dag_timeout_s=60)
+    return STAGE.run(settings, inputs, ctx), out
+
+
+def test_the_stage_explores_the_sampled_dags_as_explore_does(tmp_path, fixture_tools):
+    """STAGE.run on the sampler's DAGs and the servers' tools (the local executor) finds what a direct
+    explore() finds; STAGE.load gives (trajectories by DAG index, their calls)."""
+    from firefly_exp.executor import Executor
+    from firefly_exp.explorer import STAGE
+
+    metrics, out = _stage_run(tmp_path, fixture_tools, Executor(), "stage")
+    assert metrics["dags"] == metrics["dags_complete"] == len(dags())
+    trajs, calls = STAGE.load(out, None)
+    assert [t["index"] for t in trajs] == sorted(d["index"] for d in dags()) and len(calls) == metrics["calls"]
+    whole = tmp_path / "whole"
+    explore(dags(), Exploration(load_tools(fixture_tools), SPECS, fixture_tools, tmp_path / "sb-whole",
+                                settings_from_yaml(concurrency=2, call_timeout_s=10, dag_timeout_s=60), 0,
+                                HeuristicProposer()), whole)
+    assert _content(out) == _content(whole)
+    assert STAGE.inputs == ("sampler", "servers")
+
+
+@pytest.mark.slow
+def test_sharded_across_ray_workers_the_stage_finds_the_same(tmp_path, fixture_tools):
+    """executor=ray (a local instance, 2 workers): the shards merged into the stage folder hold what
+    the local executor's run holds (pytest -m slow)."""
+    from firefly_exp.executor import Executor, RayExecutor
+
+    ray = RayExecutor(num_workers=2)
+    try:
+        sharded, out = _stage_run(tmp_path, fixture_tools, ray, "ray")
+    finally:
+        ray.close()
+    local, local_out = _stage_run(tmp_path, fixture_tools, Executor(), "local")
+    assert sharded["shards"] == 2 and sorted(p.name for p in (out / "shards").iterdir()) == ["0", "1"]
+    assert _content(out) == _content(local_out)
+    assert {k: v for k, v in sharded.items() if k in ("dags", "dags_complete", "calls", "errors")} == \
+        {k: v for k, v in local.items() if k in ("dags", "dags_complete", "calls", "errors")}
+
+
+def test_explorer_settings_name_the_proposer_and_keep_runtime_fields_out_of_the_address(tmp_path):
+    from pydantic import ValidationError
+
+    from firefly_exp.explorer import STAGE
+    from firefly_exp.settings import resolve
+
+    heuristic, dspy = settings_from_yaml(), settings_from_yaml("dspy")
+    assert isinstance(resolve(heuristic.proposer)(heuristic, None), HeuristicProposer)
+    assert dspy.proposer == "programs.explorer.dspy_proposer" and dspy.concurrency == 2   # dspy.yaml over heuristic
+    assert not {"concurrency", "keep_sandboxes", "warm_stateful", "warm_all"} & set(heuristic.store_params())
+    with pytest.raises(ValidationError, match="no explorer proposer named 'nope'"):
+        settings_from_yaml(proposer="nope")
+    ctx = _context(tmp_path, tmp_path, None, lm_model="openai/some-model")
+    assert STAGE.params(heuristic, ctx) == {"seed": 0, "lm": None}   # the LM is not what a heuristic run is
+    assert STAGE.params(dspy, ctx) == {"seed": 0, "lm": {"model": "openai/some-model", "api_base": None}}
+
+
+def test_the_executor_is_the_class_its_target_names():
+    import yaml
+    from pydantic import ValidationError
+
+    from firefly_exp import PROJECT_ROOT
+    from firefly_exp.executor import Executor, RayExecutor, make_executor
+    from firefly_exp.settings import ExecutorSettings, resolve
+
+    local = ExecutorSettings(**yaml.safe_load((PROJECT_ROOT / "conf/executor/local.yaml").read_text()))
+    ray = ExecutorSettings(**yaml.safe_load((PROJECT_ROOT / "conf/executor/ray.yaml").read_text()))
+    assert type(make_executor(local)) is Executor and make_executor(local).workers == 1
+    assert resolve(ray.target) is RayExecutor and ray.kind == RayExecutor.kind
+    with pytest.raises(ValidationError, match="runs kind 'ray', not 'local'"):
+        ExecutorSettings(**{"_target_": "firefly_exp.executor.RayExecutor", "kind": "local"})
+    with pytest.raises(ValidationError, match="no executor named"):
+        ExecutorSettings(**{"_target_": "firefly_exp.executor.Dask", "kind": "local"})
+
+
+def test_a_synthesis_job_chunk_travels_without_live_objects():
+    import yaml
+
+    from firefly_exp import PROJECT_ROOT
+    from firefly_exp.executor import SynthesisJob, _chunk
+    from firefly_exp.settings import SynthesizerSettings
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf/synthesizer/template.yaml").read_text())
+    trajs = [{"dag_id": f"d{i}", "episode": f"e{i}"} for i in range(4)]
+    calls = [{"episode": f"e{i}", "seq": 0} for i in range(4)]
+    job = SynthesisJob(trajs, calls, {f"d{i}": {"id": f"d{i}"} for i in range(4)}, {}, object(), Path("sim"), None, 0,
+                       SynthesizerSettings(**conf), writer=object(), judge=object(), live_check=print)
+    # the synthesizer's keywords: its settings less kind (passed on its own) and judge (whether to judge)
+    assert job.options == {k: v for k, v in conf.items() if k not in ("kind", "judge")}
+    part = _chunk(job, trajs[1:3])
+    assert [c["episode"] for c in part.calls] == ["e1", "e2"] and list(part.dags) == ["d1", "d2"]
+    assert part.simulator is part.writer is part.judge is part.live_check is None and part.settings is job.settings

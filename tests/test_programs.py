@@ -1,6 +1,7 @@
 """The DSPy programs, driven by scripted LMs (dspy.utils.DummyLM); one runs against a real server."""
 
 import json
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -45,8 +46,9 @@ def test_dspy_explorer_runs_against_a_real_server(tmp_path):
     if not installed("calculator"):
         pytest.skip("calculator server not installed (make servers)")
     from firefly_exp import PROJECT_ROOT
-    from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
+    from firefly_exp.explorer import Exploration, explore, load_trajectories, settings_from_yaml
     from firefly_exp.results import value_of
+    from programs.explorer import dspy_proposer
 
     specs, tools = discovered("calculator", tmp_path)
     tool = tools["tool"][0]
@@ -54,8 +56,10 @@ def test_dspy_explorer_runs_against_a_real_server(tmp_path):
                   {"reasoning": "add", "arguments": json.dumps({"expression": "40+2"})}])
     dag = {"id": "dag-test", "index": 0, "nodes": [tool], "edges": []}
     (tmp_path / "explore").mkdir()
-    metrics = explore([dag, {**dag, "id": "dag-test2", "index": 1}], tools, specs, PROJECT_ROOT / ".servers",
-                      tmp_path / "sb", tmp_path / "explore", 0, make_proposer("dspy", lm), ExploreSettings(concurrency=1))
+    settings = settings_from_yaml("dspy", concurrency=1)
+    run = Exploration(tools, specs, PROJECT_ROOT / ".servers", tmp_path / "sb", settings, 0,
+                      dspy_proposer(settings, SimpleNamespace(lm=lm)))
+    metrics = explore([dag, {**dag, "id": "dag-test2", "index": 1}], run, tmp_path / "explore")
     trajs, calls = load_trajectories(tmp_path / "explore")
     assert metrics["dags_complete"] == 2 and len(calls) == 2
     assert [c["arguments"] for c in calls] == [{"expression": "6*7"}, {"expression": "40+2"}]
@@ -64,10 +68,11 @@ def test_dspy_explorer_runs_against_a_real_server(tmp_path):
 
 
 def test_dspy_explorer_needs_an_lm():
-    from firefly_exp.explorer import make_proposer
+    from firefly_exp.explorer import settings_from_yaml
+    from programs.explorer import dspy_proposer
 
     with pytest.raises(ValueError, match="needs an LM"):
-        make_proposer("dspy", None)
+        dspy_proposer(settings_from_yaml("dspy"), SimpleNamespace(lm=None))
 
 
 @pytest.mark.servers
@@ -78,8 +83,9 @@ def test_dspy_explorer_follows_edges_and_repairs_on_a_stateful_server(tmp_path):
     if not installed("sqlite"):
         pytest.skip("sqlite server not installed (make servers)")
     from firefly_exp import PROJECT_ROOT
-    from firefly_exp.explorer import ExploreSettings, explore, load_trajectories, make_proposer
+    from firefly_exp.explorer import Exploration, explore, load_trajectories, settings_from_yaml
     from firefly_exp.results import value_of
+    from programs.explorer import dspy_proposer
     from programs.lm import lm_usage
 
     specs, tools = discovered("sqlite", tmp_path)
@@ -89,8 +95,9 @@ def test_dspy_explorer_follows_edges_and_repairs_on_a_stateful_server(tmp_path):
                   {"reasoning": "fix the typo", "arguments": json.dumps({"query": good})}])
     dag = {"id": "dag-sql", "index": 0, "nodes": ["sqlite/list_tables", "sqlite/read_query"],
            "edges": [{"source": "sqlite/list_tables", "target": "sqlite/read_query", "mapping": {}}]}
-    metrics = explore([dag], tools, specs, PROJECT_ROOT / ".servers", tmp_path / "sb", tmp_path / "explore", 0,
-                      make_proposer("dspy", lm), ExploreSettings(concurrency=1))
+    settings = settings_from_yaml("dspy", concurrency=1)
+    metrics = explore([dag], Exploration(tools, specs, PROJECT_ROOT / ".servers", tmp_path / "sb", settings, 0,
+                                         dspy_proposer(settings, SimpleNamespace(lm=lm))), tmp_path / "explore")
     (traj,), calls = load_trajectories(tmp_path / "explore")
     assert traj["status"] == "complete" and metrics["errors_tool_error"] == 1
     assert [c["arguments"] for c in calls] == [{}, {"query": bad}, {"query": good}]
@@ -109,11 +116,12 @@ def test_dspy_explorer_with_an_openai_compatible_lm_composes(config):
     (no request is made)."""
     from omegaconf import OmegaConf
 
-    from firefly_exp.explorer import make_proposer
+    from firefly_exp.settings import ExplorerSettings, resolve
     from programs.lm import configure_lm
 
     cfg = config("explorer=dspy", "lm=openai_compatible", "lm.api_base=http://127.0.0.1:9/v1")
     assert cfg.explorer.kind == "dspy" and cfg.explorer.dag_retries >= 0
     lm = configure_lm(OmegaConf.to_container(cfg.lm, resolve=True))
     assert lm.model == "openai/local-model" and lm.kwargs["api_base"] == "http://127.0.0.1:9/v1"
-    assert make_proposer(cfg.explorer.kind, lm).lm is lm
+    settings = ExplorerSettings(**OmegaConf.to_container(cfg.explorer, resolve=True))
+    assert resolve(settings.proposer)(settings, SimpleNamespace(lm=lm)).lm is lm

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from conftest import installed
 from firefly_exp import PROJECT_ROOT
-from firefly_exp.explorer import ExploreSettings, HeuristicProposer, explore, load_trajectories
+from firefly_exp.explorer import Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.sandbox import fingerprint
 from firefly_exp.servers import discover_tools, load_tools
 
@@ -110,9 +110,10 @@ def _explore_every_destructive_tool(config: str, tmp_path: Path, must_cover: set
     destructive = tools.filter(~tools["read_only"])["tool"].to_list()
     assert len(destructive) >= 15 and {t.split("/")[0] for t in destructive} >= must_cover
     dags = [{"id": f"destroy-{i:02d}", "index": i, "nodes": [t], "edges": []} for i, t in enumerate(destructive)]
-    metrics = explore(dags, tools, specs, install_dir, tmp_path / "sb", tmp_path / "explore", 0, HeuristicProposer(),
-                      ExploreSettings(concurrency=3, max_retries=3, include_optional_prob=1.0,
-                                      startup_timeout_s=cfg.get("startup_timeout_s", 30)))
+    settings = settings_from_yaml(concurrency=3, max_retries=3, include_optional_prob=1.0,
+                                  startup_timeout_s=cfg.get("startup_timeout_s", 30))
+    metrics = explore(dags, Exploration(tools, specs, install_dir, tmp_path / "sb", settings, 0, HeuristicProposer()),
+                      tmp_path / "explore")
     template_after = fingerprint(tmp_path / "sb" / "template")
 
     after = _snapshot()

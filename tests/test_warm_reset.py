@@ -11,7 +11,7 @@ import pytest
 
 from conftest import catalog_spec, installed
 from firefly_exp import PROJECT_ROOT
-from firefly_exp.explorer import ExploreSettings, HeuristicProposer, explore, load_trajectories
+from firefly_exp.explorer import Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.probe import probe_dags
 from firefly_exp.sandbox import copy_sandbox, fingerprint, restore_sandbox, seed_sandbox, snapshot
 from firefly_exp.servers import discover_tools, load_tools
@@ -67,8 +67,9 @@ def test_warm_servers_answer_exactly_as_fresh_ones(tmp_path):
     for warm in (False, True):
         out = tmp_path / f"warm-{warm}"
         out.mkdir()
-        metrics = explore(twice, tools, specs, PROJECT_ROOT / ".servers", tmp_path / f"sb-{warm}", out, 0,
-                          HeuristicProposer(), ExploreSettings(concurrency=1 if warm else 3, warm_stateful=warm))
+        settings = settings_from_yaml(concurrency=1 if warm else 3, warm_stateful=warm)
+        metrics = explore(twice, Exploration(tools, specs, PROJECT_ROOT / ".servers", tmp_path / f"sb-{warm}",
+                                             settings, 0, HeuristicProposer()), out)
         results[warm] = _calls(out)
         if warm:  # one process per server, reused by every other DAG
             assert metrics["warm_starts"] == len(WARM)
@@ -99,8 +100,8 @@ def test_in_memory_state_and_the_reset_modes(tmp_path, reset):
     plan = [["counter/get_count"], ["counter/get_count"], ["counter/bump", "counter/get_count"], ["counter/get_count"]]
     dags = [{"id": f"d{i}", "index": i, "nodes": nodes, "edges": []} for i, nodes in enumerate(plan)]
     (tmp_path / "out").mkdir()
-    explore(dags, tools, {"counter": spec}, tmp_path, tmp_path / "sb", tmp_path / "out", 0, HeuristicProposer(),
-            ExploreSettings(concurrency=1))
+    explore(dags, Exploration(tools, {"counter": spec}, tmp_path, tmp_path / "sb", settings_from_yaml(concurrency=1),
+                              0, HeuristicProposer()), tmp_path / "out")
     trajectories, calls = load_trajectories(tmp_path / "out")
     seen = [json.loads(c["content"][0]["text"]) for c in calls if c["tool"] == "get_count"]
     assert [s["count"] for s in seen[:3]] == [0, 0, 1]
