@@ -763,7 +763,7 @@ def run(settings: GraphSettings, inputs: dict[str, StageResult], ctx: RunContext
     tools) when the probe ran, an earlier exploration's calls, the LM judge and the caches."""
     from .probe import tool_hints
 
-    tools = inputs["servers"].value.tools
+    tools = inputs["servers"].value
     probe_calls = inputs["probe"].value if "probe" in inputs else None
     extras = GraphInputs(probe_calls=probe_calls,
                          hints=tool_hints(ctx.specs, tools) if probe_calls is not None else None,

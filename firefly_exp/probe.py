@@ -18,7 +18,6 @@ The ``probe`` stage (skipped when ``graph.probe`` is false) reads the explorer's
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -36,13 +35,14 @@ def probe_dags(tools: pl.DataFrame) -> list[dict]:
             for i, row in enumerate(tools.sort("tool").to_dicts())]
 
 
-def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: explorer.ExploreSettings) -> dict:
+def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings) -> dict:
     """Explore every tool alone with the run's specs, install folder and seed (``calls.jsonl`` and
     ``trajectories.jsonl`` in ``ctx.out``, resumable; sandboxes under ``<sandbox_root>/probe``);
     returns the stage metrics."""
-    session = dataclasses.replace(settings, warm_stateful=True, warm_all=True)
-    metrics = explorer.explore(probe_dags(tools), tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe",
-                               ctx.out, ctx.seed, explorer.HeuristicProposer(), session)
+    session = settings.model_copy(update={"warm_stateful": True, "warm_all": True})
+    run = explorer.Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe", session, ctx.seed,
+                               explorer.HeuristicProposer())
+    metrics = explorer.explore(probe_dags(tools), run, ctx.out)
     _, calls = explorer.load_trajectories(ctx.out)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
@@ -67,14 +67,8 @@ def tool_hints(specs: dict, tools: pl.DataFrame) -> dict[str, dict[str, list]]:
 # -- stage ---------------------------------------------------------------------------------------------------
 
 
-def explore_settings(settings: ExplorerSettings) -> explorer.ExploreSettings:
-    """The explorer's run settings from the ``explorer`` group (its fields by name)."""
-    fields = explorer.ExploreSettings.__dataclass_fields__
-    return explorer.ExploreSettings(**{k: v for k, v in settings.plain().items() if k in fields})
-
-
 def run(settings: ExplorerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
-    return probe_tools(inputs["servers"].value.tools, ctx, explore_settings(settings))
+    return probe_tools(inputs["servers"].value, ctx, settings)
 
 
 def load(folder: Path, ctx: RunContext) -> list[dict]:
@@ -95,4 +89,4 @@ def _skip(settings: Settings) -> str | None:
 
 
 STAGE = Stage("probe", run, load, inputs=("servers",), group="explorer", params=_params, skip=_skip,
-              code=(run, explorer))
+              code=(run, explorer.runtime, explorer.proposal))

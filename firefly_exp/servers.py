@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -136,21 +135,14 @@ def load_tools(folder: Path) -> pl.DataFrame:
 # -- stage ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Discovered:
-    """What the servers stage gives later stages: the tool catalog and the per-server reports."""
-
-    tools: pl.DataFrame      # one row per tool (tools.parquet)
-    reports: list[dict]      # per server: status, version, tool count, tool-schema hash, reason (servers.json)
-
-
 def run(settings: ServersSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
     return discover_tools(list(ctx.specs.values()), ctx.install_dir, ctx.sandbox_root, ctx.out,
                           settings.startup_timeout_s, settings.call_timeout_s)
 
 
-def load(folder: Path, ctx: RunContext) -> Discovered:
-    return Discovered(load_tools(folder), json.loads((Path(folder) / "servers.json").read_text()))
+def load(folder: Path, ctx: RunContext) -> pl.DataFrame:
+    """The tool catalog later stages read (the per-server reports stay in ``servers.json``)."""
+    return load_tools(folder)
 
 
 # the enabled catalog entries are the address (settings.servers.catalog lists every server, enabled or not)

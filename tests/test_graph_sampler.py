@@ -221,7 +221,6 @@ def test_stage_declarations_chain_servers_graph_sampler_flow(tools, config, tmp_
     """The graph, sampler and flow builders on a catalog the servers stage would give (no probe, no LM):
     each writes its artifacts into ctx.out, its load gives what the next one reads."""
     from firefly_exp import graph, observed, probe, sampler
-    from firefly_exp.servers import Discovered
     from firefly_exp.stage import RunContext, StageResult
     from firefly_exp.store import write_jsonl
 
@@ -241,7 +240,7 @@ def test_stage_declarations_chain_servers_graph_sampler_flow(tools, config, tmp_
     assert probe.STAGE.skip(s) is None and probe.STAGE.settings_of(s) is s.explorer
     assert probe.STAGE.skip(load_settings(config("graph.probe=false"))) == "graph.probe=false"
     assert graph.STAGE.params(s.graph, ctx) == {"lm": None, "lm_judged": False, "observed_key": None}
-    m, g = run(graph.STAGE, {"servers": result("servers", Discovered(tools, []))})
+    m, g = run(graph.STAGE, {"servers": result("servers", tools)})
     assert m["edges"] == g.value.number_of_edges() > 0 and m["answering_tools"] is None   # no probe input
     m, dags = run(sampler.STAGE, {"graph": g})
     assert sampler.STAGE.params(s.sampler, ctx) == {"seed": s.seed}
