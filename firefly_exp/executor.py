@@ -20,7 +20,6 @@ produces, so a folder made with one executor is reused by the other.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections import Counter
@@ -167,17 +166,14 @@ def merge_exploration(out_dir: Path, trajectories: list[dict], calls: list[dict]
 
 def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], dags: dict[str, dict],
                tools: dict, simulator, simulator_folder: Path, tools_frame, out_dir: Path, seed: int,
-               options: dict, kind: str, lm_conf: dict | None, writer=None, judge=None, live_check=None) -> dict:
+               settings, lm_conf: dict | None, writer=None, judge=None, live_check=None) -> dict:
     """:func:`synthesizer.synthesize_tasks`, in this process or with the per-trajectory part (task
     generation and verification against the replay simulator) split across the executor's workers."""
+    programs = synthesizer.Programs(writer, judge, live_check)
     if executor.kind == "local" or executor.workers < 2:
-        return synthesizer.synthesize_tasks(trajectories, calls, dags, tools, simulator, out_dir, seed,
-                                            kind=kind, writer=writer, judge=judge, live_check=live_check, **options)
-    per_trajectory = set(inspect.signature(synthesizer.candidate_tasks).parameters)
-    generate = {k: v for k, v in options.items() if k in per_trajectory}
-    finish = {k: v for k, v in options.items() if k not in per_trajectory}
-    synthesizer.check_options(kind, finish.get("split", "random"), finish.get("determinism", "off"),
-                              generate.get("single_call", "fallback"), writer, live_check)
+        return synthesizer.synthesize_tasks(synthesizer.Recorded(trajectories, calls, tools), simulator, settings,
+                                            seed, out_dir, programs)
+    synthesizer.check_options(settings, programs)
     n = min(executor.workers, max(len(trajectories), 1))
     size = -(-len(trajectories) // n)
     chunks = [trajectories[i * size:(i + 1) * size] for i in range(n)]
@@ -186,20 +182,20 @@ def synthesize(executor: Executor, trajectories: list[dict], calls: list[dict], 
         episodes = {t.get("episode") for t in chunk}
         chunk_calls = [c for c in calls if c["episode"] in episodes]
         chunk_dags = {t["dag_id"]: dags[t["dag_id"]] for t in chunk if t["dag_id"] in dags}
-        jobs.append((chunk, chunk_calls, chunk_dags, tools, str(simulator_folder), tools_frame, seed, kind,
-                     generate, lm_conf))
+        jobs.append((chunk, chunk_calls, chunk_dags, tools, str(simulator_folder), tools_frame, seed, settings,
+                     lm_conf))
     candidates: list[dict] = []
     rejected: Counter = Counter()
     results = executor.map(_synthesize_chunk, jobs)
     for tasks, counts, _ in results:   # in chunk order: deduplication keeps the first, as locally
         candidates.extend(tasks)
         rejected.update(counts)
-    return {**synthesizer.finish_tasks(candidates, rejected, len(trajectories), out_dir, seed, judge=judge,
-                                       live_check=live_check, **finish),
+    return {**synthesizer.finish_tasks(synthesizer.Candidates(candidates, rejected, len(trajectories)), settings,
+                                       seed, out_dir, programs),
             **_summed_lm_usage(usage for _, _, usage in results), "shards": n}
 
 
-def _synthesize_chunk(trajectories, calls, dags, tools, simulator_folder, tools_frame, seed, kind, generate,
+def _synthesize_chunk(trajectories, calls, dags, tools, simulator_folder, tools_frame, seed, settings,
                       lm_conf) -> tuple[list[dict], dict, dict]:
     """One worker: generate and verify the tasks of a chunk of trajectories (exact replay only, as locally)."""
     from .simulator import Simulator
@@ -207,15 +203,14 @@ def _synthesize_chunk(trajectories, calls, dags, tools, simulator_folder, tools_
     from programs.lm import configure_lm, lm_usage
 
     lm = writer = None
-    if kind == "dspy":
+    if settings.kind == "dspy":
         from programs.synthesizer import TaskWriter
 
         lm = configure_lm(lm_conf)
         writer = TaskWriter(lm)
     sim = Simulator.load(Path(simulator_folder), tools_frame)
-    tasks, rejected = synthesizer.candidate_tasks(trajectories, calls, dags, tools, sim, seed, kind,
-                                                  writer=writer, **generate)
-    return tasks, dict(rejected), lm_usage(lm) if lm else {}
+    found = synthesizer.candidate_tasks(synthesizer.Recorded(trajectories, calls, tools), sim, settings, seed, writer)
+    return found.tasks, dict(found.rejected), lm_usage(lm) if lm else {}
 
 
 def describe(executor: Executor) -> dict:
