@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import normalise, result_text
+from .stage import RunContext, Stage, StageResult
 from .store import stable_hash, write_json_atomic, write_jsonl
 
 SYSTEM_PROMPT = ("You are an assistant that can call tools. Call the tools you need, one at a time, then answer "
@@ -212,9 +213,10 @@ def dataset_card(stats: dict, name: str, seed: int, servers: list[str]) -> str:
     return CARD.format(name=name, seed=seed, servers=", ".join(servers) or "none", rows=rows, hist=hist)
 
 
-def export_dataset(tasks: list[dict], tools: dict[str, dict], out_dir: Path, explored_dags: int,
-                   synth_metrics: dict | None = None, name: str = "firefly", seed: int = 0) -> dict:
-    """Write the dataset (parquet + JSONL per split, README.md card, stats.json); returns the statistics."""
+def export_dataset(tasks: list[dict], tools: dict[str, dict], out_dir: Path, stats: dict, name: str = "firefly",
+                   seed: int = 0) -> dict:
+    """Write the dataset (parquet + JSONL per split, README.md card, stats.json); ``stats``: the tasks'
+    :func:`task_statistics`, returned."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -225,7 +227,6 @@ def export_dataset(tasks: list[dict], tools: dict[str, dict], out_dir: Path, exp
         write_jsonl(out_dir / f"{split}.jsonl", part)
         table = pa.Table.from_pylist([to_parquet_row(r) for r in part], schema=_arrow_schema())
         pq.write_table(table, out_dir / f"{split}.parquet")
-    stats = task_statistics(tasks, explored_dags, synth_metrics)
     servers = sorted({s for r in rows for s in r["servers"]})
     (out_dir / "README.md").write_text(dataset_card(stats, name, seed, servers))
     write_json_atomic(out_dir / "stats.json", stats)
@@ -248,3 +249,21 @@ def log_to_mlflow(folder: Path) -> None:
             continue
         ds = mlflow.data.from_pandas(df, source=str(path), name=f"firefly-tasks-{split}", targets="answer")
         mlflow.log_input(ds, context=split)
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+
+def run(settings: None, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    """The dataset stage: the synthesizer's tasks exported with their card; returns the statistics."""
+    tasks = inputs["synthesizer"].value
+    trajectories, _ = inputs["explorer"].value   # the yield is per explored DAG
+    stats = task_statistics(tasks, len(trajectories), inputs["synthesizer"].metrics)
+    tools = {r["tool"]: r for r in inputs["servers"].value.to_dicts()}
+    return export_dataset(tasks, tools, ctx.out, stats, ctx.settings.name, ctx.seed)
+
+
+# no settings group of its own: the card names the experiment and its seed
+STAGE = Stage("dataset", run, inputs=("synthesizer", "servers", "explorer"),
+              artifacts=("README.md", "stats.json", "train.parquet", "test.parquet", "train.jsonl", "test.jsonl"),
+              params=lambda settings, ctx: {"name": ctx.settings.name, "seed": ctx.seed}, log=log_to_mlflow)

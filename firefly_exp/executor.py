@@ -21,7 +21,6 @@ produces, so a folder made with one executor is reused by the other.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import time
 from collections import Counter
@@ -190,7 +189,6 @@ class SynthesisJob:
 
     trajectories: list[dict]
     calls: list[dict]
-    dags: dict[str, dict]              # by DAG id
     tools: dict                        # tool rows by name
     simulator: Any                     # the loaded replay simulator (this process)
     simulator_folder: Path             # where a worker loads it from
@@ -203,64 +201,53 @@ class SynthesisJob:
     live_check: Any = None
 
     @property
-    def options(self) -> dict:
-        """The synthesizer's keywords: its settings less ``kind`` (passed on its own) and ``judge``
-        (whether ``judge`` is given at all)."""
-        return {k: v for k, v in self.settings.plain().items() if k not in ("kind", "judge")}
+    def recorded(self) -> "synthesizer.Recorded":
+        return synthesizer.Recorded(self.trajectories, self.calls, self.tools)
 
 
 def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
     """:func:`synthesizer.synthesize_tasks`, in this process or with the per-trajectory part (task
     generation and verification against the replay simulator) split across the executor's workers."""
-    kind, options = job.settings.kind, job.options
+    programs = synthesizer.Programs(job.writer, job.judge, job.live_check)
     if executor.workers < 2:
-        return synthesizer.synthesize_tasks(job.trajectories, job.calls, job.dags, job.tools, job.simulator, out_dir,
-                                            job.seed, kind=kind, writer=job.writer, judge=job.judge,
-                                            live_check=job.live_check, **options)
-    per_trajectory = set(inspect.signature(synthesizer.candidate_tasks).parameters)
-    generate = {k: v for k, v in options.items() if k in per_trajectory}
-    finish = {k: v for k, v in options.items() if k not in per_trajectory}
-    synthesizer.check_options(kind, finish.get("split", "random"), finish.get("determinism", "off"),
-                              generate.get("single_call", "fallback"), job.writer, job.live_check)
+        return synthesizer.synthesize_tasks(job.recorded, job.simulator, job.settings, job.seed, out_dir, programs)
+    synthesizer.check_options(job.settings, programs)
     n = min(executor.workers, max(len(job.trajectories), 1))
     size = -(-len(job.trajectories) // n)
-    jobs = [(_chunk(job, job.trajectories[i * size:(i + 1) * size]), generate) for i in range(n)]
+    jobs = [(_chunk(job, job.trajectories[i * size:(i + 1) * size]),) for i in range(n)]
     candidates: list[dict] = []
     rejected: Counter = Counter()
     results = executor.map(_synthesize_chunk, jobs)
     for tasks, counts, _ in results:   # in chunk order: deduplication keeps the first, as locally
         candidates.extend(tasks)
         rejected.update(counts)
-    return {**synthesizer.finish_tasks(candidates, rejected, len(job.trajectories), out_dir, job.seed,
-                                       judge=job.judge, live_check=job.live_check, **finish),
+    return {**synthesizer.finish_tasks(synthesizer.Candidates(candidates, rejected, len(job.trajectories)),
+                                       job.settings, job.seed, out_dir, programs),
             **_summed_lm_usage(usage for _, _, usage in results), "shards": n}
 
 
 def _chunk(job: SynthesisJob, chunk: list[dict]) -> SynthesisJob:
-    """A worker's part of ``job``: its trajectories, their calls and DAGs, no live objects."""
+    """A worker's part of ``job``: its trajectories and their calls, no live objects."""
     episodes = {t.get("episode") for t in chunk}
     return dataclasses.replace(job, trajectories=chunk, calls=[c for c in job.calls if c["episode"] in episodes],
-                               dags={t["dag_id"]: job.dags[t["dag_id"]] for t in chunk if t["dag_id"] in job.dags},
                                simulator=None, writer=None, judge=None, live_check=None)
 
 
-def _synthesize_chunk(job: SynthesisJob, generate: dict) -> tuple[list[dict], dict, dict]:
+def _synthesize_chunk(job: SynthesisJob) -> tuple[list[dict], dict, dict]:
     """One worker: generate and verify the tasks of a chunk of trajectories (exact replay only, as locally)."""
     from .simulator import Simulator
 
     from programs.lm import configure_lm, lm_usage
 
     lm = writer = None
-    kind = job.settings.kind
-    if kind == "dspy":
+    if job.settings.kind == "dspy":
         from programs.synthesizer import TaskWriter
 
         lm = configure_lm(job.lm_conf)
         writer = TaskWriter(lm)
     sim = Simulator.load(Path(job.simulator_folder), job.tools_frame)
-    tasks, rejected = synthesizer.candidate_tasks(job.trajectories, job.calls, job.dags, job.tools, sim, job.seed,
-                                                  kind, writer=writer, **generate)
-    return tasks, dict(rejected), lm_usage(lm) if lm else {}
+    found = synthesizer.candidate_tasks(job.recorded, sim, job.settings, job.seed, writer)
+    return found.tasks, dict(found.rejected), lm_usage(lm) if lm else {}
 
 
 def describe(executor: Executor) -> dict:

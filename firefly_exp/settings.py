@@ -274,7 +274,8 @@ class SynthesizerSettings(Group):
     single_call: Literal["fallback", "always", "never"]
     field_groups: int = Field(ge=1, le=100)
     test_fraction: float = Field(ge=0, lt=1, description="held-out share (of DAGs, tool sets or servers)")
-    split: str = Field(description="split strategy: a function in firefly_exp/synthesizer.py (split_<name>)")
+    split: str = Field(description="split strategy: a function in firefly_exp/synthesizer/splits.py, or the "
+                                   "dotted path of your own (tasks, test_fraction, seed) -> None")
     near_duplicate_threshold: Optional[float] = Field(None, gt=0, le=1)
     determinism: Literal["off", "exclude", "drop"] = "off"
     judge_min_score: int = Field(ge=1, le=5)
@@ -283,12 +284,7 @@ class SynthesizerSettings(Group):
     @field_validator("split")
     @classmethod
     def _split(cls, v):
-        from . import synthesizer
-
-        known = getattr(synthesizer, "SPLITS", ())
-        if "." not in v and v not in known:
-            raise ValueError(f"unknown split '{v}'; choose from {', '.join(known)}")
-        return v
+        return _check_target(v, "firefly_exp.synthesizer.splits", "split strategy")
 
 
 class FidelitySettings(Group):

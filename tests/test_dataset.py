@@ -9,7 +9,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from firefly_exp import dataset, synthesizer
+from firefly_exp import PROJECT_ROOT, dataset, synthesizer
+from firefly_exp.settings import SynthesizerSettings
 
 TOOLS = {
     "kv/get": {"tool": "kv/get", "description": "Get a value by key",
@@ -37,6 +38,18 @@ def make_task(i, calls, answer, split="train", dag=None):
             "dag_id": dag or f"dag-{i}", "synthesizer": "template", "seed": 0}
 
 
+def synth_settings(**overrides) -> SynthesizerSettings:
+    """conf/synthesizer/template.yaml, with ``overrides`` (no near-duplicate pass: it loads an embedding model)."""
+    import yaml
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf/synthesizer/template.yaml").read_text())
+    return SynthesizerSettings(**{**conf, "near_duplicate_threshold": None, **overrides})
+
+
+def recorded(trajectories, calls, tools) -> synthesizer.Recorded:
+    return synthesizer.Recorded(trajectories, calls, tools)
+
+
 @pytest.fixture
 def tasks():
     return [make_task(0, [("kv", "put", {"key": "k", "value": 1}), ("kv", "get", {"key": "k"})], {"value": "1"}),
@@ -46,7 +59,8 @@ def tasks():
 
 
 def test_export_is_loadable_parquet_and_jsonl_with_openai_messages(tasks, tmp_path):
-    stats = dataset.export_dataset(tasks, TOOLS, tmp_path, explored_dags=4, name="t", seed=0)
+    stats = dataset.export_dataset(tasks, TOOLS, tmp_path, dataset.task_statistics(tasks, explored_dags=4),
+                                   name="t", seed=0)
     train = pq.read_table(tmp_path / "train.parquet").to_pylist()
     test = pq.read_table(tmp_path / "test.parquet").to_pylist()
     assert len(train) == 2 and len(test) == 2
@@ -93,7 +107,7 @@ def test_statistics_and_leakage(tasks):
 def test_dataset_logged_to_mlflow(tasks, tmp_path):
     import mlflow
 
-    dataset.export_dataset(tasks, TOOLS, tmp_path / "ds", explored_dags=4)
+    dataset.export_dataset(tasks, TOOLS, tmp_path / "ds", dataset.task_statistics(tasks, explored_dags=4))
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=exp) as run:
@@ -212,9 +226,9 @@ def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
         return {t["id"]: ["count"] for t in ts[::2] if "count" in t["answer"]}
 
     metrics = synthesizer.synthesize_tasks(
-        trajectories, calls, {}, {r["tool"]: r for r in rows}, sim, tmp_path, seed=0, tasks_per_trajectory=1,
-        max_fields=2, split="held_out_servers", determinism="exclude", judge=lambda t: next(verdicts),
-        live_check=live_check)
+        recorded(trajectories, calls, {r["tool"]: r for r in rows}), sim,
+        synth_settings(tasks_per_trajectory=1, max_fields=2, split="held_out_servers", determinism="exclude"),
+        0, tmp_path, synthesizer.Programs(judge=lambda t: next(verdicts), live_check=live_check))
     assert metrics["judge_keep_rate"] == 0.5 and metrics["rejected.judge"] == 4
     assert 0 < metrics["volatile_field_rate"] <= 0.5 and metrics["split_strategy"] == "held_out_servers"
     tasks = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
@@ -223,8 +237,8 @@ def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
     assert {t["split"] for t in tasks} == {"train", "test"}
     assert all(synthesizer.verify_task(t, sim) is None for t in tasks)
     with pytest.raises(ValueError, match="determinism needs"):
-        synthesizer.synthesize_tasks(trajectories, calls, {}, {r["tool"]: r for r in rows}, sim, tmp_path, 0,
-                                     determinism="drop")
+        synthesizer.synthesize_tasks(recorded(trajectories, calls, {r["tool"]: r for r in rows}), sim,
+                                     synth_settings(determinism="drop"), 0, tmp_path)
 
 
 def test_multi_step_tasks_need_their_chain(tmp_path):
@@ -258,7 +272,8 @@ def test_multi_step_tasks_need_their_chain(tmp_path):
                      "steps": [{"seq": c["seq"]} for c in calls if c["episode"] == e]}
                     for i, (d, e) in enumerate((("d1", "e1"), ("d2", "e2")))]
     sim = Simulator.from_calls(calls, pl.DataFrame(rows))
-    synthesizer.synthesize_tasks(trajectories, calls, {}, tools, sim, tmp_path, seed=0, tasks_per_trajectory=3)
+    synthesizer.synthesize_tasks(recorded(trajectories, calls, tools), sim, synth_settings(tasks_per_trajectory=3), 0,
+                                 tmp_path)
     tasks = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
     chained = [t for t in tasks if t["dag_id"] == "d1"]
     assert chained and all([c["tool"] for c in t["gold_calls"]] == ["list_tables", "describe"] for t in chained)

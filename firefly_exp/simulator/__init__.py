@@ -25,13 +25,17 @@ Lookup cascade (``simulator.cascade`` picks and orders the steps; each hit is co
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
 
-from ..store import read_jsonl, stable_hash, write_json_atomic, write_jsonl
+from ..settings import SimulatorSettings
+from ..stage import RunContext, Stage
+from ..store import MANIFEST, read_jsonl, stable_hash, write_json_atomic, write_jsonl
 
 MAX_ARG_BYTES = 100_000
 SEED_STATE = "seed"
@@ -296,3 +300,64 @@ def build_simulator(calls: list[dict], tools: pl.DataFrame, out_dir: Path, scope
             "tools_cached": len({(e["server"], e["tool"]) for e in sim.entries}),
             "error_entries": sum(1 for e in sim.entries if e["result"]["is_error"]),
             "state_changed_entries": sum(1 for e in sim.entries if e["fingerprint"] != SEED_STATE)}
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+
+def state_scopes(specs: dict[str, dict]) -> dict[str, str]:
+    """Each enabled server's state scope (``state_scope`` in the catalog; by default the server itself)."""
+    return {sid: spec.get("state_scope") or sid for sid, spec in specs.items()}
+
+
+@dataclass(frozen=True)
+class SimulatorFactory:
+    """What later stages read of a finished simulator folder: :meth:`make` gives a fresh
+    :class:`Simulator` configured as the run says (LM adapter, live fallback); ``folder`` and
+    ``tools`` let a worker process load its own (exact replay only)."""
+
+    folder: Path
+    tools: pl.DataFrame
+    options: dict = field(default_factory=dict)   # Simulator keywords: adapter, live, cascade
+
+    def make(self) -> Simulator:
+        return Simulator.load(self.folder, self.tools, **self.options)
+
+
+def simulator_options(settings: SimulatorSettings, ctx: RunContext) -> dict:
+    """The Simulator keywords of this run: the ``ResultAdapter`` for retrieved results (an LM and
+    ``adapt``) and the live fallback behind the cascade (``live``)."""
+    options: dict = {}
+    if ctx.lm is not None and settings.adapt:
+        from programs.adapter import ResultAdapter
+
+        options["adapter"] = ResultAdapter(ctx.lm)
+    if settings.live:
+        from .live import LiveFallback
+
+        options["live"] = LiveFallback.for_run(ctx, "live")
+        options["cascade"] = tuple(settings.cascade) + ("live",)
+    return options
+
+
+def run(settings: SimulatorSettings, inputs: dict, ctx: RunContext) -> dict:
+    """The simulator stage: the replay cache of the explored calls (cache.jsonl, meta.json)."""
+    _, calls = inputs["explorer"].value
+    return build_simulator(calls, inputs["servers"].value, ctx.out, state_scopes(ctx.specs), settings.cascade,
+                           settings.retrieval_threshold)
+
+
+def load(folder: Path, ctx: RunContext) -> SimulatorFactory:
+    from ..servers import load_tools
+
+    # the tools this cache was built against: the servers folder its manifest names as an input
+    manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    tools = load_tools(Path(ctx.settings.paths.store) / "servers" / manifest["inputs"]["servers"])
+    return SimulatorFactory(Path(folder), tools, simulator_options(ctx.settings.simulator, ctx))
+
+
+from . import retrieval  # noqa: E402 - the cascade's retrieval step (imported lazily on the hot path)
+
+STAGE = Stage("simulator", run, load, inputs=("explorer", "servers"), artifacts=("meta.json",),
+              params=lambda settings, ctx: {"scopes": state_scopes(ctx.specs)},
+              code=(sys.modules[__name__], retrieval))

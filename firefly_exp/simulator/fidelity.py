@@ -19,7 +19,10 @@ import polars as pl
 
 from ..results import answers_match, get_path, leaves, value_of
 from ..seeding import rng_for
-from . import HIT_KINDS, Simulator, canonical_args
+from ..settings import SimulatorSettings
+from ..stage import RunContext, Stage, StageResult
+from ..store import write_json_atomic
+from . import HIT_KINDS, Simulator, canonical_args, state_scopes
 
 
 def _agreement(live: dict, simulated: dict) -> float:
@@ -99,3 +102,26 @@ def measure_fidelity(calls: list[dict], tasks: list[dict], tools: pl.DataFrame, 
         task_pool = tasks if mode == "calls" else [t for t in tasks if t["dag_id"] in held_dags]
         out[mode] = _measure(sim, held, task_pool, held_keys, episode_calls)
     return out
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+
+def run(settings: SimulatorSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    """The fidelity stage: the simulator's cascade measured against the explored calls and the tasks."""
+    _, calls = inputs["explorer"].value
+    sim_kwargs: dict = {"scopes": state_scopes(ctx.specs), "cascade": tuple(settings.cascade),
+                        "retrieval_threshold": settings.retrieval_threshold}
+    if settings.fidelity.live:   # measure the cascade with the live fallback behind it
+        from .live import LiveFallback
+
+        sim_kwargs["live"] = LiveFallback.for_run(ctx, "live-fidelity")
+        sim_kwargs["cascade"] += ("live",)
+    metrics = measure_fidelity(calls, inputs["synthesizer"].value, inputs["servers"].value, ctx.seed,
+                               settings.fidelity.holdout_fraction, **sim_kwargs)
+    write_json_atomic(ctx.out / "fidelity.json", metrics)
+    return metrics
+
+
+STAGE = Stage("fidelity", run, inputs=("explorer", "synthesizer", "servers"), artifacts=("fidelity.json",),
+              group="simulator", params=lambda settings, ctx: {"seed": ctx.seed, "scopes": state_scopes(ctx.specs)})

@@ -21,6 +21,14 @@ class LiveFallback:
         self.call_timeout_s, self.startup_timeout_s = call_timeout_s, startup_timeout_s
         self.executed = 0
 
+    @classmethod
+    def for_run(cls, ctx, name: str) -> "LiveFallback":
+        """The fallback of a run (``ctx``: its :class:`~firefly_exp.stage.RunContext`): its enabled servers
+        and timeouts, working in ``<run>/sandbox/<name>``."""
+        servers = ctx.settings.servers
+        return cls(ctx.specs, ctx.install_dir, ctx.sandbox_root / name, servers.call_timeout_s,
+                   servers.startup_timeout_s)
+
     def _ensure_template(self) -> None:
         if not self.template.exists():
             seed_sandbox(self.template, list(self.specs.values()))
