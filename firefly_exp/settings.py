@@ -14,9 +14,10 @@ fast a stage runs, not what it produces, and stays out of the stage's store addr
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 
 class ConfigError(ValueError):
@@ -304,14 +305,20 @@ class SimulatorSettings(Group):
 
 
 EVAL_POLICIES = ("gold", "random", "sft", "grpo", "dspy_react")
+REWARDS_MODULE = "firefly_exp.rewards"     # where a bare reward name (eval.reward, train.rewards) is looked up
 
 
 class EvalSettings(Group):
     split: Literal["train", "test"] = "test"
     policies: list[Literal["gold", "random", "sft", "grpo", "dspy_react"]] = Field(min_length=1)
-    reward: Literal["binary", "partial"] = "binary"
+    reward: str = Field("binary", description="a reward function (firefly_exp/rewards.py) or a dotted path")
     k: int = Field(1, ge=1, le=1000)
     temperature: float = Field(1.0, ge=0, le=10)
+
+    @field_validator("reward")
+    @classmethod
+    def _reward(cls, v):
+        return _check_target(v, REWARDS_MODULE, "reward")
 
 
 class PolicySettingsModel(Group):
@@ -323,6 +330,11 @@ class PolicySettingsModel(Group):
     max_new_tokens: int = Field(64, ge=1, le=100_000)
     max_response_chars: int = Field(300, ge=1, le=10_000_000)
     tools_in_prompt: Literal["names", "schemas"] = "names"
+
+    def store_params(self) -> dict:
+        """The declared fields and the kind-specific extra keys (name_or_path, hidden_size, ...): both make the
+        policy what it is."""
+        return {**super().store_params(), **_plain(dict(self.model_extra or {}))}
 
 
 class SFTSettings(Group):
@@ -347,10 +359,14 @@ class GRPOSettings(Group):
     gradient_checkpointing: bool
 
 
-class RewardWeights(Group):
-    binary: float = Field(ge=0, le=100)
-    partial: float = Field(ge=0, le=100)
-    format: float = Field(ge=0, le=100)
+def _check_rewards(weights: dict[str, float]) -> dict[str, float]:
+    for name in weights:
+        _check_target(name, REWARDS_MODULE, "reward")
+    return weights
+
+
+# reward name (a function in firefly_exp/rewards.py, or a dotted path) -> its weight in GRPO; 0 leaves it out
+RewardWeights = Annotated[dict[str, Annotated[float, Field(ge=0, le=100)]], AfterValidator(_check_rewards)]
 
 
 class CurveSettings(Group):
@@ -360,7 +376,8 @@ class CurveSettings(Group):
 
 
 class TrainSettings(Group):
-    enabled: bool
+    # out of the address: a stage that runs is enabled (train=none skips it)
+    enabled: bool = runtime(description="train a policy (train=grpo) or not (train=none)")
     seed: Optional[int] = None
     policy: Optional[PolicySettingsModel] = None
     sft: Optional[SFTSettings] = None

@@ -6,7 +6,8 @@
 
 GRPO runs through TRL's ``GRPOTrainer`` with its custom-rollout extension point (``rollout_func``): each
 completion is a whole multi-turn episode against the replay simulator (tool responses masked out of the
-loss through ``env_mask``), scored by the reward functions in ``rewards.py``.
+loss through ``env_mask``), scored by the rewards ``train.rewards`` names (functions of
+``firefly_exp/rewards.py`` or dotted paths, in TRL's form through ``train/rewards.py``).
 
 Writes ``sft/`` and ``grpo/`` (model + tokenizer + ``meta.json``), ``curves.json`` and ``curves.png``
 (reward and held-out pass@1 over GRPO steps), ``rollouts.jsonl`` (every GRPO episode: calls, simulator
@@ -18,18 +19,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from ..evaluate import binary_reward
+from .. import evaluate
+from .. import rewards as reward_fns
+from ..settings import TrainSettings
 from ..simulator import Simulator
-from ..simulator.env import ToolEnvironment
+from ..stage import RunContext, Stage, StageResult
 from ..store import JsonlWriter, write_json_atomic
-from . import chat, rewards
+from . import augment, chat, policy as policy_mod, rewards
 from .augment import field_variants
-from .policy import (LMPolicy, PolicySettings, build_policy, encode, parameters_delta, prompt_ids, rollout,
+from .policy import (LMPolicy, PolicySettings, ToolCatalog, build_policy, encode, parameters_delta, prompt_ids,
                      settings_from, snapshot, tokenizer_corpus)
 
 
@@ -47,18 +53,18 @@ def sft_examples(tok, tasks: list[dict], fns: dict[str, list[dict]], settings: P
 
 
 @torch.enable_grad()   # another stage (embeddings) may have turned autograd off process-wide
-def sft(model, tok, examples: list[tuple], epochs: int, lr: float, batch_size: int, seed: int) -> list[float]:
-    """A plain torch loop over the gold trajectories; returns the loss per epoch."""
-    if epochs <= 0:
+def sft(model, tok, examples: list[tuple], settings, seed: int) -> list[float]:
+    """A plain torch loop over the gold trajectories (``settings``: ``train.sft``); returns the loss per epoch."""
+    if settings.epochs <= 0:
         return []
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
     device = next(model.parameters()).device
     losses = []
     model.train()
-    for _ in range(epochs):
+    for _ in range(settings.epochs):
         total = 0.0
-        for batch in length_batches(examples, batch_size, rng):
+        for batch in length_batches(examples, settings.batch_size, rng):
             width = max(len(ids) for ids, _ in batch)
             ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in batch], device=device)
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=device)
@@ -87,19 +93,14 @@ def length_batches(examples: list[tuple], batch_size: int, rng: random.Random) -
     return batches
 
 
-def held_out_pass1(model, tok, tasks: list[dict], sim: Simulator, schemas: dict, settings: PolicySettings,
-                   descriptions: dict) -> float:
+def held_out_pass1(model, tok, tasks: list[dict], sim: Simulator, catalog: ToolCatalog,
+                   settings: PolicySettings) -> float:
     """Greedy pass@1 on ``tasks`` (the curve's points; the eval stage makes the reported table)."""
     if not tasks:
         return 0.0
-    envs, fns = [], []
-    for t in tasks:
-        env = ToolEnvironment(sim, max_calls=settings.max_turns)
-        env.reset(tools=t["tools"])
-        envs.append(env)
-        fns.append(chat.tool_functions(t, schemas, settings.tools_in_prompt, descriptions))
-    outs = rollout(model, tok, tasks, envs, fns, settings, 0.0)
-    return round(sum(binary_reward(t, o.answer or {}) for t, o in zip(tasks, outs)) / len(tasks), 4)
+    lm = LMPolicy(model, tok, sim, catalog, settings, 0.0)
+    outs = lm.play(tasks, lm.envs(tasks))
+    return round(sum(reward_fns.binary(t, o.answer) for t, o in zip(tasks, outs)) / len(tasks), 4)
 
 
 def save_checkpoint(model, tok, folder: Path, meta: dict) -> None:
@@ -109,75 +110,90 @@ def save_checkpoint(model, tok, folder: Path, meta: dict) -> None:
     write_json_atomic(folder / "meta.json", meta)   # written last: the checkpoint is complete
 
 
-def train_policy(tasks: list[dict], make_simulator, schemas: dict[str, dict], descriptions: dict[str, str],
-                 out_dir: Path, seed: int, policy: dict, sft_cfg: dict, grpo_cfg: dict, reward_weights: dict,
-                 curve_split: str = "test", curve_every: int = 0, curve_max_tasks: int = 64) -> dict:
-    """Train on the ``train`` split; returns the stage metrics (see the module docstring for the files)."""
-    out_dir = Path(out_dir)
+@dataclass
+class Trainee:
+    """The policy in training and what its episodes need (shared by SFT, GRPO and the curve's points)."""
+    model: Any
+    tok: Any
+    policy: PolicySettings
+    sim: Simulator
+    catalog: ToolCatalog
+    out_dir: Path
+
+
+def train_policy(tasks: list[dict], make_simulator: Callable[[], Simulator], catalog: ToolCatalog,
+                 settings: TrainSettings, out_dir: Path) -> dict:
+    """Train on the ``train`` split (``settings``: ``train``); returns the stage metrics (see the module
+    docstring for the files)."""
+    out_dir, seed = Path(out_dir), settings.seed
     torch.manual_seed(seed)
     random.seed(seed)
     train = [t for t in tasks if t["split"] == "train"]
-    curve_tasks = [t for t in tasks if t["split"] == curve_split][:curve_max_tasks]
+    curve_tasks = [t for t in tasks if t["split"] == settings.curve.split][:settings.curve.max_tasks]
     if not train:
         raise ValueError("no train tasks: the synthesizer produced no train split (more DAGs, or another split)")
-    settings = settings_from(policy)
+    spec = settings.policy.plain()
+    policy = settings_from(spec)
     # more questions over the train split's own recorded outputs (augment.py); the held-out split is not read
-    variants = field_variants(train, descriptions, int(sft_cfg.get("variants_per_call", 0)),
-                              int(sft_cfg.get("variant_max_fields", 2)), max_response_chars=settings.max_response_chars,
-                              seed=seed)
+    variants = field_variants(train, catalog.descriptions, settings.sft.variants_per_call,
+                              settings.sft.variant_max_fields, policy.max_response_chars, seed)
     train = train + variants
-    fns = {t["id"]: chat.tool_functions(t, schemas, settings.tools_in_prompt, descriptions) for t in tasks + variants}
-    corpus = tokenizer_corpus(train, [f for fs in fns.values() for f in fs], settings.max_response_chars)
-    model, tok = build_policy(policy, seed, corpus)
-    metrics: dict = {"train_tasks": len(train) - len(variants), "sft_variants": len(variants), "parameters": sum(p.numel() for p in model.parameters()),
-                     "vocab": len(tok)}
-    sim = make_simulator()
-    meta = {"policy": policy, "seed": seed, "train_tasks": len(train)}
+    fns = {t["id"]: catalog.functions(t, policy.tools_in_prompt) for t in tasks + variants}
+    corpus = tokenizer_corpus(train, [f for fs in fns.values() for f in fs], policy.max_response_chars)
+    model, tok = build_policy(spec, seed, corpus)
+    metrics: dict = {"train_tasks": len(train) - len(variants), "sft_variants": len(variants),
+                     "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tok)}
+    trainee = Trainee(model, tok, policy, make_simulator(), catalog, out_dir)
+    meta = {"policy": spec, "seed": seed, "train_tasks": len(train)}
 
     started, cpu = time.perf_counter(), time.process_time()
-    losses = sft(model, tok, sft_examples(tok, train, fns, settings), int(sft_cfg.get("epochs", 0)),
-                 float(sft_cfg.get("lr", 1e-3)), int(sft_cfg.get("batch_size", 16)), seed)
+    losses = sft(model, tok, sft_examples(tok, train, fns, policy), settings.sft, seed)
     metrics["sft"] = {"epochs": len(losses), "final_loss": losses[-1] if losses else None,
                       "wall_s": round(time.perf_counter() - started, 2), "cpu_s": round(time.process_time() - cpu, 2)}
     save_checkpoint(model, tok, out_dir / "sft", {**meta, "stage": "sft", "losses": losses})
 
-    before = snapshot(model)
-    hits_before = dict(sim.counts)
-    started, cpu = time.perf_counter(), time.process_time()
-    curves = grpo(model, tok, train, fns, sim, settings, grpo_cfg, reward_weights, seed, out_dir,
-                  curve_tasks, curve_every, schemas, descriptions)
-    hits = {k: sim.counts.get(k, 0) - hits_before.get(k, 0) for k in sim.counts}
-    metrics["grpo"] = {"steps": len(curves["reward"]), "wall_s": round(time.perf_counter() - started, 2),
-                       # CPU seconds of this process: the training cost without the time spent waiting for a core
-                       "cpu_s": round(time.process_time() - cpu, 2),
-                       "weights_delta_l2": round(parameters_delta(before, snapshot(model)), 6),
-                       "reward_first": curves["reward"][0] if curves["reward"] else None,
-                       # the binary reward TRL received, averaged over every GRPO episode
-                       "reward_binary_mean": (round(sum(curves["reward_binary"]) / len(curves["reward_binary"]), 4)
-                                              if curves.get("reward_binary") else None),
-                       "reward_last": curves["reward"][-1] if curves["reward"] else None,
-                       "simulator_hits": hits, "episodes": curves["episodes"]}
+    metrics["grpo"] = grpo_phase(trainee, train, curve_tasks, settings)
     metrics["wall_s_sft_plus_grpo"] = round(metrics["sft"]["wall_s"] + metrics["grpo"]["wall_s"], 2)
     metrics["cpu_s_sft_plus_grpo"] = round(metrics["sft"]["cpu_s"] + metrics["grpo"]["cpu_s"], 2)
-    write_json_atomic(out_dir / "curves.json", curves)
-    plot_curves(curves, out_dir / "curves.png")
-    save_checkpoint(model, tok, out_dir / "grpo", {**meta, "stage": "grpo", "grpo": grpo_cfg,
-                                                   "rewards": reward_weights})
+    save_checkpoint(model, tok, out_dir / "grpo", {**meta, "stage": "grpo", "grpo": settings.grpo.plain(),
+                                                   "rewards": dict(settings.rewards)})
+    return metrics
+
+
+def grpo_phase(trainee: Trainee, train: list[dict], curve_tasks: list[dict], settings: TrainSettings) -> dict:
+    """GRPO from the SFT weights; writes ``curves.json`` and ``curves.png``, returns the ``grpo`` metrics."""
+    sim = trainee.sim
+    before = snapshot(trainee.model)
+    hits_before = dict(sim.counts)
+    started, cpu = time.perf_counter(), time.process_time()
+    curves = grpo(trainee, train, curve_tasks, settings)
+    hits = {k: sim.counts.get(k, 0) - hits_before.get(k, 0) for k in sim.counts}
+    metrics = {"steps": len(curves["reward"]), "wall_s": round(time.perf_counter() - started, 2),
+               # CPU seconds of this process: the training cost without the time spent waiting for a core
+               "cpu_s": round(time.process_time() - cpu, 2),
+               "weights_delta_l2": round(parameters_delta(before, snapshot(trainee.model)), 6),
+               "reward_first": curves["reward"][0] if curves["reward"] else None,
+               # the binary reward TRL received, averaged over every GRPO episode
+               "reward_binary_mean": (round(sum(curves["reward_binary"]) / len(curves["reward_binary"]), 4)
+                                      if curves.get("reward_binary") else None),
+               "reward_last": curves["reward"][-1] if curves["reward"] else None,
+               "simulator_hits": hits, "episodes": curves["episodes"]}
+    write_json_atomic(trainee.out_dir / "curves.json", curves)
+    plot_curves(curves, trainee.out_dir / "curves.png")
     return metrics
 
 
 @torch.enable_grad()
-def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: PolicySettings, cfg: dict,
-         reward_weights: dict, seed: int, out_dir: Path, curve_tasks: list[dict], curve_every: int,
-         schemas: dict, descriptions: dict) -> dict:
-    """GRPO with TRL's GRPOTrainer; each completion is an episode in the simulator (``rollout_func``)."""
+def grpo(trainee: Trainee, train: list[dict], curve_tasks: list[dict], settings: TrainSettings) -> dict:
+    """GRPO with TRL's GRPOTrainer; each completion is an episode in the simulator (``rollout_func``);
+    returns the curves."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import PrinterCallback
+    from trl import GRPOTrainer
 
     curves: dict = {"step": [], "reward": [], "kl": [], "loss": [], "pass1_step": [], "pass1": [], "episodes": 0}
-    steps = int(cfg["steps"])
+    steps, every = settings.grpo.steps, settings.curve.every
     if steps <= 0:
         return curves
     by_question = {}
@@ -185,27 +201,72 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
         by_question.setdefault(t["question"], t)
     data = Dataset.from_list([{"prompt": chat.prompt_messages(t), "answer": json.dumps(t["answer"]),
                                "task_id": t["id"]} for t in train])
-    log = JsonlWriter(out_dir / "rollouts.jsonl", fsync=False)
+    log = JsonlWriter(trainee.out_dir / "rollouts.jsonl", fsync=False)
     trainer_ref: dict = {}
 
+    def curve_point(step: int) -> None:   # held-out greedy pass@1 every ``curve.every`` steps and at the end
+        if every and (step % every == 0 or step == steps):
+            curves["pass1_step"].append(step)
+            curves["pass1"].append(held_out_pass1(trainer_ref["t"].model, trainee.tok, curve_tasks, trainee.sim,
+                                                  trainee.catalog, trainee.policy))
+
+    funcs, weights = rewards.reward_functions(settings.rewards)
+    args = grpo_args(settings, weights, trainee)
+    if every:
+        curves["pass1_step"].append(0)
+        curves["pass1"].append(held_out_pass1(trainee.model, trainee.tok, curve_tasks, trainee.sim, trainee.catalog,
+                                              trainee.policy))
+    trainer = GRPOTrainer(model=trainee.model, reward_funcs=funcs, args=args, train_dataset=data,
+                          processing_class=trainee.tok,
+                          rollout_func=_rollout_func(trainee, by_question, curves, log, settings.grpo.temperature),
+                          callbacks=[_curves_callback(curves, [f.__name__ for f in funcs], curve_point)])
+    trainer_ref["t"] = trainer
+    trainer.remove_callback(PrinterCallback)   # the per-step logs land in curves.json, not on stdout
+    with log:
+        trainer.train()
+    return curves
+
+
+def grpo_args(settings: TrainSettings, weights: list[float], trainee: Trainee):
+    """TRL's GRPOConfig from ``train.grpo`` (a constant learning rate, one batch of episodes per step)."""
+    from trl import GRPOConfig
+
+    g, seed = settings.grpo, settings.seed
+    return GRPOConfig(
+        output_dir=str(trainee.out_dir / "trainer"), max_steps=g.steps, learning_rate=g.lr,
+        num_generations=g.group_size, per_device_train_batch_size=g.group_size * g.prompts_per_step,
+        num_iterations=g.num_iterations, gradient_accumulation_steps=1, beta=g.kl_coef, temperature=g.temperature,
+        max_completion_length=trainee.policy.max_seq_len, reward_weights=weights, seed=seed, data_seed=seed,
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        use_cpu=policy_device(trainee.model) == "cpu", bf16=g.bf16, loss_type=g.loss_type,
+        scale_rewards=g.scale_rewards, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        gradient_checkpointing=g.gradient_checkpointing)
+
+
+def _rollout_func(trainee: Trainee, by_question: dict, curves: dict, log: JsonlWriter, temperature: float):
+    """TRL's ``rollout_func``: the episodes of a batch of prompts in the simulator, each logged to
+    ``rollouts.jsonl``; tool responses are masked out of the loss (``env_mask``)."""
     def rollout_func(prompts: list, trainer) -> dict:
         ts = [by_question[p[-1]["content"]] for p in prompts]
-        envs = []
-        for t in ts:
-            env = ToolEnvironment(sim, max_calls=settings.max_turns)
-            env.reset(tools=t["tools"])
-            envs.append(env)
-        outs = rollout(trainer.model, tok, ts, envs, [fns[t["id"]] for t in ts], settings,
-                       float(cfg.get("temperature", 1.0)))
+        lm = LMPolicy(trainer.model, trainee.tok, trainee.sim, trainee.catalog, trainee.policy, temperature)
+        outs = lm.play(ts, lm.envs(ts))
         curves["episodes"] += len(outs)
         step = trainer.state.global_step
         for t, o in zip(ts, outs):
             log.write({"step": step, "task_id": t["id"], "calls": o.calls, "tool_responses": o.tool_responses,
-                       "answer": o.answer, "reward_binary": binary_reward(t, o.answer or {}),
+                       "answer": o.answer, "reward_binary": reward_fns.binary(t, o.answer),
                        "malformed_calls": o.malformed})
         return {"prompt_ids": [o.prompt_ids for o in outs], "completion_ids": [o.completion_ids for o in outs],
                 "logprobs": None, "env_mask": [o.env_mask for o in outs],
                 "tool_responses": [o.tool_responses for o in outs]}
+
+    return rollout_func
+
+
+def _curves_callback(curves: dict, reward_names: list[str], after_step: Callable[[int], None]):
+    """A TrainerCallback that copies TRL's per-step logs into ``curves`` (reward, kl, loss, each reward
+    function's mean as TRL computed it) and calls ``after_step(global_step)`` after each step."""
+    from transformers import TrainerCallback
 
     class Curves(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -214,40 +275,14 @@ def grpo(model, tok, train: list[dict], fns: dict, sim: Simulator, settings: Pol
                 curves["reward"].append(round(float(logs["reward"]), 4))
                 curves["kl"].append(round(float(logs.get("kl", 0.0)), 6))
                 curves["loss"].append(round(float(logs.get("loss", 0.0)), 6))
-                for name in reward_names:   # each reward function's mean, as TRL computed it
+                for name in reward_names:
                     curves.setdefault(f"reward_{name}", []).append(
                         round(float(logs.get(f"rewards/{name}/mean", 0.0)), 4))
 
         def on_step_end(self, args, state, control, **kwargs):
-            if curve_every and (state.global_step % curve_every == 0 or state.global_step == steps):
-                curves["pass1_step"].append(state.global_step)
-                curves["pass1"].append(held_out_pass1(trainer_ref["t"].model, tok, curve_tasks, sim, schemas,
-                                                      settings, descriptions))
+            after_step(state.global_step)
 
-    funcs, weights = rewards.reward_functions(reward_weights)
-    reward_names = [f.__name__ for f in funcs]
-    g = int(cfg["group_size"])
-    args = GRPOConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=steps, learning_rate=float(cfg["lr"]),
-        num_generations=g, per_device_train_batch_size=g * int(cfg["prompts_per_step"]),
-        num_iterations=int(cfg.get("num_iterations", 1)),
-        gradient_accumulation_steps=1, beta=float(cfg["kl_coef"]), temperature=float(cfg.get("temperature", 1.0)),
-        max_completion_length=settings.max_seq_len, reward_weights=weights, seed=seed, data_seed=seed,
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        use_cpu=policy_device(model) == "cpu", bf16=bool(cfg.get("bf16", False)),
-        loss_type=cfg.get("loss_type", "dapo"), scale_rewards=cfg.get("scale_rewards", "group"),
-        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        gradient_checkpointing=bool(cfg.get("gradient_checkpointing", False)))
-    if curve_every:
-        curves["pass1_step"].append(0)
-        curves["pass1"].append(held_out_pass1(model, tok, curve_tasks, sim, schemas, settings, descriptions))
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data, processing_class=tok,
-                          rollout_func=rollout_func, callbacks=[Curves()])
-    trainer_ref["t"] = trainer
-    trainer.remove_callback(PrinterCallback)   # the per-step logs land in curves.json, not on stdout
-    with log:
-        trainer.train()
-    return curves
+    return Curves()
 
 
 def policy_device(model) -> str:
@@ -288,3 +323,18 @@ def log_to_mlflow(folder: Path) -> None:
     for name in ("sft", "grpo"):
         if (Path(folder) / name / "meta.json").exists():
             mlflow.log_artifacts(str(Path(folder) / name), artifact_path=f"train/{name}")
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+
+
+def run(settings: TrainSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
+    """Train on the synthesizer's tasks, episodes in fresh simulators from the simulator stage; writes into ctx.out."""
+    rows = inputs["servers"].value.to_dicts()
+    catalog = ToolCatalog(evaluate.tool_schemas(rows), evaluate.tool_descriptions(rows))
+    return train_policy(inputs["synthesizer"].value, inputs["simulator"].value.make, catalog, settings, ctx.out)
+
+
+STAGE = Stage("train", run, inputs=("synthesizer", "simulator", "servers"), artifacts=("curves.json", "curves.png"),
+              skip=lambda s: None if s.train.enabled else "train=none", log=log_to_mlflow,
+              code=(sys.modules[__name__], policy_mod, chat, rewards, reward_fns, augment))

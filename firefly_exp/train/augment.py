@@ -24,8 +24,12 @@ from ..synthesizer import field_description, template_question
 from .chat import tool_response_text
 
 
+# the longest value a variant asks for: synthesizer.max_value_len's value in conf/synthesizer/template.yaml
+MAX_VALUE_LEN = 80
+
+
 def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: int = 4, max_fields: int = 2,
-                   max_value_len: int = 80, max_response_chars: int = 300, seed: int = 0) -> list[dict]:
+                   max_response_chars: int = 300, seed: int = 0) -> list[dict]:
     """New train tasks from ``tasks``' gold chains (see the module docstring); none repeats an answer asked
     already for the same calls, and every asked value is visible in the tool response the policy reads
     (cut to ``max_response_chars``)."""
@@ -46,20 +50,13 @@ def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: in
             given = json.dumps([c["arguments"] for c in calls], ensure_ascii=False, default=str)
             # a field that repeats in the result (rows of a table) is asked for by its place as well
             # (synthesizer.field_description)
-            cands = [(p, v) for p, v in candidate_fields(value_of(result), max_value_len)
+            cands = [(p, v) for p, v in candidate_fields(value_of(result), MAX_VALUE_LEN)
                      if json.dumps(v, ensure_ascii=False) in shown and not _leaks(v, given)]
             rng = rng_for(seed, "sft-variants", t["id"], j)
             for i in range(per_call):
                 if not cands:
                     break
-                picks = rng.sample(cands, min(len(cands), rng.randint(1, max_fields)))
-                fields, answer, taken = {}, {}, set()
-                for path, value in picks:
-                    name = field_name(path or calls[-1]["tool"] + "_result", taken)
-                    taken.add(name)
-                    fields[name] = {"type": json_type(value),
-                                    "description": field_description(value_of(result), path, calls[-1]["tool"], j + 1)}
-                    answer[name] = value
+                fields, answer = _pick_fields(cands, result, calls, j + 1, max_fields, rng)
                 key = _key(calls, answer)
                 if key in seen:
                     continue
@@ -71,6 +68,21 @@ def field_variants(tasks: list[dict], descriptions: dict[str, str], per_call: in
                             "answer_schema": fields, "gold_calls": calls, "gold_results": t["gold_results"][:j + 1],
                             "tools": t["tools"], "split": t["split"]})
     return out
+
+
+def _pick_fields(cands: list[tuple], result: dict, calls: list[dict], step: int, max_fields: int,
+                 rng) -> tuple[dict, dict]:
+    """1..``max_fields`` of the candidate (path, value) pairs of ``result`` (the output of call ``step``, 1-based):
+    the answer schema (each field named and described as the synthesizer does) and the answer."""
+    picks = rng.sample(cands, min(len(cands), rng.randint(1, max_fields)))
+    fields, answer, taken = {}, {}, set()
+    for path, value in picks:
+        name = field_name(path or calls[-1]["tool"] + "_result", taken)
+        taken.add(name)
+        fields[name] = {"type": json_type(value),
+                        "description": field_description(value_of(result), path, calls[-1]["tool"], step)}
+        answer[name] = value
+    return fields, answer
 
 
 def _key(calls: list[dict], answer: dict) -> str:

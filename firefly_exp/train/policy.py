@@ -9,7 +9,7 @@
 - ``kind: hf``: any Hugging Face causal LM, ``name_or_path`` a local folder or a hub id (e.g. Qwen/Qwen3-4B),
   with its own tokenizer and chat template.
 
-``rollout`` runs a batch of episodes turn by turn: generate an assistant turn, parse its ``<tool_call>``,
+``LMPolicy.play`` runs a batch of episodes turn by turn: generate an assistant turn, parse its ``<tool_call>``,
 call the simulator through :class:`~firefly_exp.simulator.env.ToolEnvironment`, append the
 ``<tool_response>`` as tokens the model did not produce (mask 0), until the policy answers or the turn
 budget ends.
@@ -21,7 +21,6 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -53,13 +52,25 @@ TINY_TEMPLATE = (
 
 @dataclass
 class PolicySettings:
-    """How the policy is prompted and how long it may talk (from ``conf/train/policy/``)."""
-    tools_in_prompt: str = "schemas"      # schemas | names
-    max_turns: int = 6                    # assistant turns per episode (tool calls + the answer)
-    max_new_tokens: int = 96              # per assistant turn
-    max_response_chars: int = 400         # a tool response is cut to this many characters
-    max_seq_len: int = 1024               # an episode stops when its tokens reach this
+    """How the policy is prompted and how long it may talk (from ``conf/train/policy/``; the defaults are
+    those of ``settings.PolicySettingsModel``: build one with :func:`settings_from`)."""
+    tools_in_prompt: str                  # schemas | names
+    max_turns: int                        # assistant turns per episode (tool calls + the answer)
+    max_new_tokens: int                   # per assistant turn
+    max_response_chars: int               # a tool response is cut to this many characters
+    max_seq_len: int                      # an episode stops when its tokens reach this
     chat_template_kwargs: dict = field(default_factory=dict)   # e.g. {enable_thinking: false} for Qwen3
+
+
+@dataclass(frozen=True)
+class ToolCatalog:
+    """The tools as a prompt lists them: input schemas and descriptions by tool id (``server/tool``)."""
+    schemas: dict[str, dict]
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    def functions(self, task: dict, mode: str) -> list[dict]:
+        """The task's offered tools in OpenAI function format (``mode``: ``schemas`` or ``names``)."""
+        return chat.tool_functions(task, self.schemas, mode, self.descriptions)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -117,7 +128,7 @@ def build_policy(spec: dict, seed: int, corpus: list[str]):
     else:
         raise ValueError(f"train.policy.kind={spec['kind']!r}: use tiny or hf")
     tok.padding_side = "left"
-    return model.to(spec.get("device", "cpu")), tok
+    return model.to(spec["device"]), tok
 
 
 def set_threads(spec: dict) -> None:
@@ -161,67 +172,14 @@ class Rollout:
     done: bool = False
 
 
-@torch.no_grad()
-def rollout(model, tok, tasks: list[dict], envs: list[ToolEnvironment], functions: list[list[dict]],
-            settings: PolicySettings, temperature: float = 0.0) -> list[Rollout]:
-    """One episode per task, batched turn by turn; ``envs[i]`` must be reset for ``tasks[i]``."""
-    device = next(model.parameters()).device
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    outs = [Rollout(prompt_ids(tok, t, f, settings)) for t, f in zip(tasks, functions)]
-    was_training = model.training
-    model.eval()
-    for _turn in range(settings.max_turns):
-        active = [i for i, r in enumerate(outs) if not r.done]
-        if not active:
-            break
-        seqs = [outs[i].prompt_ids + outs[i].completion_ids for i in active]
-        width = max(map(len, seqs))
-        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs], device=device)
-        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        gen = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=settings.max_new_tokens,
-                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                             top_k=0 if temperature > 0 else None, top_p=1.0 if temperature > 0 else None,
-                             eos_token_id=im_end, pad_token_id=tok.pad_token_id)
-        for row, i in enumerate(active):
-            new = gen[row, width:].tolist()
-            if im_end in new:
-                new = new[:new.index(im_end) + 1]
-            r = outs[i]
-            r.completion_ids += new
-            r.env_mask += [1] * len(new)
-            text = tok.decode(new, skip_special_tokens=False).replace("<|im_end|>", "")
-            call = chat.parse_tool_call(text)
-            if call is None or im_end not in new:       # an answer, or a turn cut off mid-way
-                r.answer = chat.final_answer(text) if call is None else None
-                r.done = True
-                continue
-            name, args = call
-            if name == "":
-                r.malformed += 1
-                response = "ERROR: " + str(args)
-            else:
-                result = envs[i].step(name, args)
-                response = chat.tool_response_text(result, settings.max_response_chars)
-                r.calls.append({"tool": name, "hit": result["hit"], "is_error": result["is_error"]})
-            r.tool_responses.append(response)
-            suffix = encode(tok, chat.tool_turn_text(response))
-            r.completion_ids += suffix
-            r.env_mask += [0] * len(suffix)
-            if len(r.prompt_ids) + len(r.completion_ids) >= settings.max_seq_len:
-                r.done = True
-    for r in outs:
-        r.text = tok.decode(r.completion_ids, skip_special_tokens=False)
-    model.train(was_training)
-    return outs
-
-
 class LMPolicy:
-    """An evaluation policy (``evaluate.evaluate``'s ``policy(task, episode, rng)``) backed by a causal LM."""
+    """A causal LM playing episodes in the simulator: an evaluation policy (``evaluate.evaluate``'s
+    ``policy(task, episode, rng)``), and the sampler of GRPO's episodes and of the curve's points."""
 
-    def __init__(self, model, tok, simulator: Simulator, schemas: dict[str, dict], settings: PolicySettings,
-                 temperature: float = 0.0, descriptions: dict[str, str] | None = None):
-        self.model, self.tok, self.sim, self.schemas = model, tok, simulator, schemas
-        self.settings, self.temperature, self.descriptions = settings, temperature, descriptions
+    def __init__(self, model, tok, simulator: Simulator, catalog: ToolCatalog, settings: PolicySettings,
+                 temperature: float = 0.0):
+        self.model, self.tok, self.sim, self.catalog = model, tok, simulator, catalog
+        self.settings, self.temperature = settings, temperature
 
     def __call__(self, task: dict, episode: Episode, rng: random.Random) -> dict:
         return self.batch([task], [episode], [rng])[0]
@@ -231,21 +189,91 @@ class LMPolicy:
         """Answers for many tasks at once, ``batch_size`` episodes per batched generation."""
         answers: list[dict] = []
         for b in range(0, len(tasks), batch_size):
-            envs = []
-            for task, episode in zip(tasks[b:b + batch_size], episodes[b:b + batch_size]):
-                env = ToolEnvironment(self.sim, max_calls=self.settings.max_turns)
-                env.reset(tools=task["tools"])
-                env.episode = episode      # the evaluator's episode: its calls are what gets scored
-                envs.append(env)
-            torch.manual_seed(rngs[b].randrange(2 ** 31))
             part = tasks[b:b + batch_size]
-            fns = [chat.tool_functions(t, self.schemas, self.settings.tools_in_prompt, self.descriptions) for t in part]
-            answers += [o.answer or {} for o in rollout(self.model, self.tok, part, envs, fns, self.settings,
-                                                        self.temperature)]
+            envs = self.envs(part)
+            for env, episode in zip(envs, episodes[b:b + batch_size]):
+                env.episode = episode      # the evaluator's episode: its calls are what gets scored
+            torch.manual_seed(rngs[b].randrange(2 ** 31))
+            answers += [o.answer or {} for o in self.play(part, envs)]
         return answers
+
+    def envs(self, tasks: list[dict]) -> list[ToolEnvironment]:
+        """A simulator environment per task, reset for the task's offered tools."""
+        envs = []
+        for task in tasks:
+            env = ToolEnvironment(self.sim, max_calls=self.settings.max_turns)
+            env.reset(tools=task["tools"])
+            envs.append(env)
+        return envs
+
+    @torch.no_grad()
+    def play(self, tasks: list[dict], envs: list[ToolEnvironment]) -> list[Rollout]:
+        """One episode per task, batched turn by turn; ``envs[i]`` must be reset for ``tasks[i]``."""
+        model, tok, settings = self.model, self.tok, self.settings
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        outs = [Rollout(prompt_ids(tok, t, self.catalog.functions(t, settings.tools_in_prompt), settings))
+                for t in tasks]
+        was_training = model.training
+        model.eval()
+        for _turn in range(settings.max_turns):
+            active = [i for i, r in enumerate(outs) if not r.done]
+            if not active:
+                break
+            for i, new in zip(active, self._generate([outs[i] for i in active], im_end)):
+                self._take_turn(outs[i], envs[i], new, im_end)
+        for r in outs:
+            r.text = tok.decode(r.completion_ids, skip_special_tokens=False)
+        model.train(was_training)
+        return outs
+
+    def _generate(self, outs: list[Rollout], im_end: int) -> list[list[int]]:
+        """The next assistant turn of each episode (left-padded batch), cut after its ``<|im_end|>``."""
+        tok, temperature = self.tok, self.temperature
+        device = next(self.model.parameters()).device
+        seqs = [r.prompt_ids + r.completion_ids for r in outs]
+        width = max(map(len, seqs))
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs], device=device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        gen = self.model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=self.settings.max_new_tokens,
+            do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+            top_k=0 if temperature > 0 else None, top_p=1.0 if temperature > 0 else None,
+            eos_token_id=im_end, pad_token_id=tok.pad_token_id)
+        news = []
+        for row in range(len(outs)):
+            new = gen[row, width:].tolist()
+            news.append(new[:new.index(im_end) + 1] if im_end in new else new)
+        return news
+
+    def _take_turn(self, r: Rollout, env: ToolEnvironment, new: list[int], im_end: int) -> None:
+        """Append a generated turn to ``r``; a tool call goes to the simulator and its response is appended
+        as tokens the policy did not produce (mask 0). An answer, or a turn cut off mid-way, ends it."""
+        r.completion_ids += new
+        r.env_mask += [1] * len(new)
+        text = self.tok.decode(new, skip_special_tokens=False).replace("<|im_end|>", "")
+        call = chat.parse_tool_call(text)
+        if call is None or im_end not in new:       # an answer, or a turn cut off mid-way
+            r.answer = chat.final_answer(text) if call is None else None
+            r.done = True
+            return
+        name, args = call
+        if name == "":
+            r.malformed += 1
+            response = "ERROR: " + str(args)
+        else:
+            result = env.step(name, args)
+            response = chat.tool_response_text(result, self.settings.max_response_chars)
+            r.calls.append({"tool": name, "hit": result["hit"], "is_error": result["is_error"]})
+        r.tool_responses.append(response)
+        suffix = encode(self.tok, chat.tool_turn_text(response))
+        r.completion_ids += suffix
+        r.env_mask += [0] * len(suffix)
+        if len(r.prompt_ids) + len(r.completion_ids) >= self.settings.max_seq_len:
+            r.done = True
 
 
 def settings_from(spec: dict) -> PolicySettings:
+    """The prompting and length settings of a policy config (``settings.policy.plain()``, every field set)."""
     return PolicySettings(**{k: v for k, v in spec.items() if k in PolicySettings.__dataclass_fields__})
 
 
