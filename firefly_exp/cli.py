@@ -8,7 +8,6 @@ multi-line messages and Python tracebacks never reach the user for these.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 from . import PROJECT_ROOT

@@ -21,7 +21,7 @@ from . import dataset, evaluate, explorer, graph, hydra_info, observed, probe, s
 from . import summary as summaries, synthesizer, tracking, train
 from .settings import ConfigError, Settings, load_settings, redacted
 from .simulator import fidelity
-from .stage import RunContext, Stages, StageResult
+from .stage import RunContext, Stages
 from .store import StageStore, write_json_atomic
 
 __all__ = ["ConfigError", "STAGES", "STAGE_ORDER", "run", "open_run"]

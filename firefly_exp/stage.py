@@ -135,24 +135,26 @@ class Stages:
                 self.store.finish(folder, {"stage": stage.name, "key": key, "params": params, "metrics": metrics,
                                            "inputs": {k: v.key for k, v in inputs.items()}, "wall_s": wall,
                                            "code_version": __version__, "finished": time.time()})
-        _log_stage(stage, key, params, metrics, reused, wall, folder)
+        result = StageResult(stage.name, key, folder, metrics, reused, wall)
+        _log_stage(stage, result, params)
         self.summary["stages"][stage.name] = {"key": key, "folder": str(folder), "reused": reused, "wall_s": wall,
                                               "metrics": metrics}
-        return StageResult(stage.name, key, folder, metrics, reused, wall, stage.load(folder, ctx))
+        result.value = stage.load(folder, ctx)
+        return result
 
 
-def _log_stage(stage: Stage, key: str, params: dict, metrics: dict, reused: bool, wall: float, folder: Path) -> None:
+def _log_stage(stage: Stage, result: StageResult, params: dict) -> None:
     import mlflow
 
     from . import tracking
 
     with mlflow.start_run(run_name=stage.name, nested=True):
-        mlflow.set_tags({"stage": stage.name, "store_key": key, "reused": str(reused)})
+        mlflow.set_tags({"stage": stage.name, "store_key": result.key, "reused": str(result.reused)})
         tracking.log_params(params)
-        tracking.log_metrics({**metrics, "wall_s": wall, "reused": float(reused)})
-        tracking.log_artifacts(folder, list(stage.artifacts) + ["manifest.json"], stage.name)
+        tracking.log_metrics({**result.metrics, "wall_s": result.wall_s, "reused": float(result.reused)})
+        tracking.log_artifacts(result.folder, list(stage.artifacts) + ["manifest.json"], stage.name)
         if stage.log is not None:  # stage-specific logging inside the nested run (e.g. mlflow.data inputs)
-            stage.log(folder)
+            stage.log(result.folder)
 
 
 def with_lm_usage(fn: Callable[..., dict], lm: Any) -> Callable[..., dict]:

@@ -255,10 +255,9 @@ def test_a_synthesis_job_chunk_travels_without_live_objects():
     conf = yaml.safe_load((PROJECT_ROOT / "conf/synthesizer/template.yaml").read_text())
     trajs = [{"dag_id": f"d{i}", "episode": f"e{i}"} for i in range(4)]
     calls = [{"episode": f"e{i}", "seq": 0} for i in range(4)]
-    job = SynthesisJob(trajs, calls, {f"d{i}": {"id": f"d{i}"} for i in range(4)}, {}, object(), Path("sim"), None, 0,
-                       SynthesizerSettings(**conf), writer=object(), judge=object(), live_check=print)
-    # the synthesizer's keywords: its settings less kind (passed on its own) and judge (whether to judge)
-    assert job.options == {k: v for k, v in conf.items() if k not in ("kind", "judge")}
+    job = SynthesisJob(trajs, calls, {}, object(), Path("sim"), None, 0, SynthesizerSettings(**conf),
+                       writer=object(), judge=object(), live_check=print)
     part = _chunk(job, trajs[1:3])
-    assert [c["episode"] for c in part.calls] == ["e1", "e2"] and list(part.dags) == ["d1", "d2"]
+    assert [t["dag_id"] for t in part.trajectories] == ["d1", "d2"]
+    assert [c["episode"] for c in part.calls] == ["e1", "e2"] and part.recorded.trajectories == part.trajectories
     assert part.simulator is part.writer is part.judge is part.live_check is None and part.settings is job.settings

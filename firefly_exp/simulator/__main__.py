@@ -35,15 +35,20 @@ def load_run(run: str | Path) -> tuple[dict, dict]:
     return summary, conf
 
 
-def run_simulator(summary: dict, conf: dict, live: bool = False) -> tuple[Simulator, pl.DataFrame]:
-    from ..pipeline import server_specs
+def _specs(conf: dict) -> dict[str, dict]:
+    """The enabled catalog entries of a run's saved config."""
+    from ..settings import ServersSettings
 
+    return ServersSettings(**conf["servers"]).specs()
+
+
+def run_simulator(summary: dict, conf: dict, live: bool = False) -> tuple[Simulator, pl.DataFrame]:
     tools = pl.read_parquet(Path(summary["stages"]["servers"]["folder"]) / "tools.parquet")
     kwargs = {}
     if live:
         from .live import LiveFallback
 
-        kwargs["live"] = LiveFallback(server_specs(conf["servers"]), Path(conf["servers"]["install_dir"]))
+        kwargs["live"] = LiveFallback(_specs(conf), Path(conf["servers"]["install_dir"]))
         kwargs["cascade"] = tuple(conf["simulator"]["cascade"]) + ("live",)
     return Simulator.load(Path(summary["stages"]["simulator"]["folder"]), tools, **kwargs), tools
 
@@ -51,10 +56,9 @@ def run_simulator(summary: dict, conf: dict, live: bool = False) -> tuple[Simula
 def recheck(summary: dict, conf: dict, limit: int | None = None) -> dict:
     """Re-execute every task's gold chain live in a fresh sandbox; retire tasks whose outputs drifted."""
     from ..mcp_client import ServerHandle
-    from ..pipeline import server_specs
     from ..sandbox import copy_sandbox, seed_sandbox
 
-    specs = server_specs(conf["servers"])
+    specs = _specs(conf)
     install_dir = Path(conf["servers"]["install_dir"])
     tasks = read_jsonl(Path(summary["stages"]["synthesizer"]["folder"]) / "tasks.jsonl")[:limit]
     work = Path(tempfile.mkdtemp(prefix="firefly-recheck-"))
