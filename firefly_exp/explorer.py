@@ -340,6 +340,7 @@ class ExploreSettings:
     keep_sandboxes: bool = False
     warm_stateful: bool = True    # sandbox slots restored between DAGs; stateful processes kept as `reset` allows
     warm_all: bool = False        # keep every stateful process, whatever its `reset` (the probe's one session per server)
+    seed_mtime: float | None = None   # the seeded files' mtime (None: sandbox.SEED_MTIME; the probe's repeat shifts it)
 
 
 @dataclass
@@ -573,7 +574,7 @@ def explore(dags: list[dict], tools: pl.DataFrame, specs: dict, install_dir: Pat
     template = Path(sandbox_root) / "template"
     if template.exists():
         shutil.rmtree(template)
-    seed_sandbox(template, used_specs)
+    seed_sandbox(template, used_specs, settings.seed_mtime)
     pool_dir = Path(sandbox_root) / "pool"
     copy_sandbox(template, pool_dir) if not pool_dir.exists() else None
     done = {t["dag_id"]: t for t in read_jsonl(out_dir / "trajectories.jsonl")}

@@ -221,6 +221,7 @@ def _run(cfg: DictConfig, conf: dict, run_dir: Path, specs: dict, seed: int, lm:
                 lambda out: probe.probe_tools(tools, specs, install_dir, sandbox_root, out, seed, settings),
                 (probe, explorer), ())
             probe_calls = explorer.load_trajectories(probe_st.folder)[1]
+            tools = probe.with_volatile(tools, probe_st.folder)   # answers that changed between two probes
             graph_inputs["probe"] = probe_st
         observed_calls, observed_key = _observed_calls(g.get("observed_from"))
         graph_st = stages.run(
