@@ -174,6 +174,28 @@ def data_dependencies(gold: list[dict]) -> list[set[int]]:
     return out
 
 
+def volatile_steps(gold: list[dict], tools: dict) -> list[bool]:
+    """Per call (by position), whether what it returned may change from run to run: its tool is
+    volatile (a clock, fresh ids), an argument came from such a call, or an earlier such call changed
+    state. A gold chain holding one would differ between two runs of one seed (its arguments, results).
+
+    >>> tools = {"s/now": {"volatile": True, "read_only": True}, "s/add": {"volatile": False, "read_only": True},
+    ...          "s/put": {"volatile": False, "read_only": False}}
+    >>> call = lambda t, src=None: {"server": "s", "tool": t, "arg_sources": {"x": src} if src else {}}
+    >>> volatile_steps([call("now"), call("add"), call("add", "edge:0:time")], tools)
+    [True, False, True]
+    >>> volatile_steps([call("now"), call("put", "pool:0:time"), call("add")], tools)   # a clock-derived write
+    [True, True, True]
+    """
+    direct = data_dependencies(gold)
+    out: list[bool] = []
+    for i, c in enumerate(gold):
+        row = tools[f"{c['server']}/{c['tool']}"]
+        out.append(bool(row.get("volatile")) or any(out[j] for j in direct[i]) or
+                   any(out[j] and not tools[f"{gold[j]['server']}/{gold[j]['tool']}"]["read_only"] for j in range(i)))
+    return out
+
+
 def _ancestors(direct: list[set[int]]) -> list[set[int]]:
     anc: list[set[int]] = []
     for deps in direct:
@@ -344,15 +366,27 @@ def candidate_tasks(trajectories: list[dict], calls: list[dict], dags: dict[str,
         if not traj["steps"] or (traj["status"] != "complete" and not include_partial):
             continue
         gold_full = [by_seq[(traj["episode"], s["seq"])] for s in traj["steps"]]
-        # echoes of an argument would be read off the question: not answer material
-        given = json.dumps([c["arguments"] for c in gold_full], ensure_ascii=False, default=str)
-        per_step = [answer_fields(call, tools[f"{call['server']}/{call['tool']}"]["volatile"], max_value_len, given)
-                    for call in gold_full]
+        tainted = volatile_steps(gold_full, tools)
+        # echoes of an argument would be read off the question: not answer material (a volatile call's
+        # arguments are never in a question, and would make the choice differ from run to run)
+        given = json.dumps([c["arguments"] for k, c in enumerate(gold_full) if not tainted[k]],
+                           ensure_ascii=False, default=str)
+        per_step = [answer_fields(call, tainted[k], max_value_len, given) for k, call in enumerate(gold_full)]
         informative = [k for k, c in enumerate(per_step) if c]
         if not informative:
             rejected["no_answerable_output"] += 1
             continue
         variants = task_variants(gold_full, informative, tools, require_chain, single_call)
+        if any(tainted) and variants:
+            # no volatile call in a gold chain: its arguments and results would differ in the next run
+            kept = [v for v in variants if not any(tainted[j] for j in v[1])]
+            if not kept and single_call == "fallback":
+                kept = [v for v in task_variants(gold_full, informative, tools, require_chain, "always")
+                        if not any(tainted[j] for j in v[1])]
+            if not kept:
+                rejected["volatile_chain"] += 1
+                continue
+            variants = kept
         if not variants:
             rejected["no_chain_dependency"] += 1
             continue
