@@ -36,6 +36,7 @@ import networkx as nx
 import numpy as np
 import polars as pl
 
+from . import servers
 from .answers import answer_fields
 from .schemas import name_pattern
 from .settings import ConfigError, GraphSettings, GraphThresholds
@@ -763,7 +764,7 @@ def run(settings: GraphSettings, inputs: dict[str, StageResult], ctx: RunContext
     tools) when the probe ran, an earlier exploration's calls, the LM judge and the caches."""
     from .probe import tool_hints
 
-    tools = inputs["servers"].value
+    tools = servers.catalog(inputs)   # volatile as the probe found it
     probe_calls = inputs["probe"].value if "probe" in inputs else None
     extras = GraphInputs(probe_calls=probe_calls,
                          hints=tool_hints(ctx.specs, tools) if probe_calls is not None else None,

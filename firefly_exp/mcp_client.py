@@ -33,6 +33,10 @@ logging.getLogger("mcp.client.stdio").setLevel(logging.CRITICAL)
 # update-notifier asks the registry too.
 QUIET_ENV = {"FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_SHOW_SERVER_BANNER": "false", "NO_UPDATE_NOTIFIER": "1"}
 
+# The same on every machine and in every process, unless a catalog entry says otherwise: local times
+# in UTC, and a fixed string hash for Python servers (set and dict-of-hash order, hash()-based ids).
+STABLE_ENV = {"TZ": "UTC", "PYTHONHASHSEED": "0"}
+
 
 class ServerStartError(RuntimeError):
     """A server could not be launched or did not answer ``initialize``."""
@@ -133,7 +137,7 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
         )
     # HOME and TMPDIR inside the sandbox: whatever a server writes "to its home" or to a temp file
     # stays in the sandbox; the SDK adds only PATH, USER, SHELL, TERM, LOGNAME (no API keys)
-    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp"), **QUIET_ENV}
+    env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp"), **QUIET_ENV, **STABLE_ENV}
     env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
     return StdioServerParameters(
         command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],

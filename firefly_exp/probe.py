@@ -13,17 +13,26 @@ restart per tool (basic-memory takes ~5 s to start) and only ever adds context t
 
     metrics = probe_tools(tools, ctx, settings)     # ctx: the run's specs, folders and seed
 
+Then every tool is probed once more (``repeat/``), at least :data:`REPEAT_GAP_S` later, on a sandbox
+whose seeded files are dated :data:`MTIME_SHIFT_S` later: a tool that answers the same arguments
+differently reads the wall clock, a file's times or something else that changes from run to run
+(fresh ids). Those tools are ``volatile`` (``volatile.json``; :func:`firefly_exp.servers.catalog` marks
+them for every later stage): never answer fields.
+
 The ``probe`` stage (skipped when ``graph.probe`` is false) reads the explorer's settings.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
 
 from . import explorer
+from .sandbox import SEED_MTIME
+from .servers import VOLATILE
 from .settings import ExplorerSettings, Settings
 from .stage import RunContext, Stage, StageResult
 
@@ -45,9 +54,45 @@ def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings
     metrics = explorer.explore(probe_dags(tools), run, ctx.out)
     _, calls = explorer.load_trajectories(ctx.out)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
+    # the same calls again, later and on later-dated files: what changes is not the tool's answer
+    time.sleep(REPEAT_GAP_S)
+    repeat = session.model_copy(update={"seed_mtime": SEED_MTIME + MTIME_SHIFT_S})
+    again = explorer.Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe-repeat", repeat,
+                                 ctx.seed, explorer.HeuristicProposer())
+    explorer.explore(probe_dags(tools), again, ctx.out / REPEAT)
+    volatile = volatile_tools(calls, explorer.load_trajectories(ctx.out / REPEAT)[1])
+    (ctx.out / VOLATILE).write_text(json.dumps(volatile, indent=1) + "\n")
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
             "tools": len(tools), "tools_answered": len(answered),
-            "answered_fraction": round(len(answered) / max(len(tools), 1), 4)}
+            "answered_fraction": round(len(answered) / max(len(tools), 1), 4),
+            "volatile_found": len(volatile), "volatile_tools": volatile}
+
+
+REPEAT = "repeat"
+REPEAT_GAP_S = 1.1       # a clock read to the second ticks between the two calls of a tool
+MTIME_SHIFT_S = 90061    # the repeat's seeded files: a day, an hour, a minute and a second later
+
+
+def _result(call: dict) -> str:
+    return json.dumps([call["content"], call.get("structured")], sort_keys=True, default=str)
+
+
+def volatile_tools(first: list[dict], again: list[dict]) -> list[str]:
+    """The tools (``server/tool``) that answered a successful call with the same arguments differently in
+    the two probes. Calls that failed in either probe (a timeout, say) are not compared: only answers.
+
+    >>> c = lambda tool, text, err=False: {"dag_id": "d-" + tool, "server": "s", "tool": tool, "arguments": {},
+    ...                                  "content": [{"type": "text", "text": text}], "is_error": err}
+    >>> volatile_tools([c("now", "12:00:01"), c("add", "3"), c("slow", "x")],
+    ...                [c("now", "12:00:02"), c("add", "3"), c("slow", "timed out", True)])
+    ['s/now']
+    """
+    def key(c: dict) -> tuple:
+        return c["dag_id"], json.dumps(c["arguments"], sort_keys=True, default=str)
+
+    answers = {key(c): _result(c) for c in first if not c["is_error"]}
+    return sorted({f"{c['server']}/{c['tool']}" for c in again
+                   if not c["is_error"] and key(c) in answers and answers[key(c)] != _result(c)})
 
 
 def tool_hints(specs: dict, tools: pl.DataFrame) -> dict[str, dict[str, list]]:

@@ -53,6 +53,10 @@ DETERMINISTIC_ENV = {
 
 _ZIP_DATE = (2024, 1, 15, 12, 0, 0)
 
+# Every seeded file and folder gets this mtime and atime (2026-01-01T00:00:00Z), so tools that report
+# them (file info, a database's "last modified") answer the same in every run; restores keep it.
+SEED_MTIME = 1767225600
+
 # Left out of fingerprints: per-process scratch (HOME, server logs) and git's stat cache, which
 # records inode numbers and ctimes and is rewritten by read-only commands such as `git status`.
 _SKIP_TOP = {"home", "tmp", ".logs"}
@@ -118,9 +122,11 @@ def _run_env(root: Path, extra: dict | None) -> dict[str, str]:
     return env
 
 
-def seed_sandbox(root: Path, specs: list[dict]) -> None:
+def seed_sandbox(root: Path, specs: list[dict], mtime: float | None = None) -> None:
     """Run every spec's ``seed`` steps into ``root`` (created, with ``root/home`` and ``root/tmp``, the
-    servers' HOME and TMPDIR: a restored sandbox slot keeps them, so warm servers can still write there)."""
+    servers' HOME and TMPDIR: a restored sandbox slot keeps them, so warm servers can still write there).
+    Then every path's mtime and atime is set to ``mtime`` (default :data:`SEED_MTIME`): no clock of the
+    seeding run reaches a result."""
     root = Path(root).absolute()
     (root / "home").mkdir(parents=True, exist_ok=True)
     (root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,17 @@ def seed_sandbox(root: Path, specs: list[dict]) -> None:
                 owner[rel] = (key, server)
             _run_step(root, kind, step, where)
             done[key] = server
+    pin_times(root, SEED_MTIME if mtime is None else mtime)
+
+
+def pin_times(root: Path, when: float = SEED_MTIME) -> None:
+    """Set the atime and mtime of ``root`` and of everything under it (symlinks themselves) to ``when``."""
+    root = Path(root)
+    ns = int(when * 1_000_000_000)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False, followlinks=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(ns, ns), follow_symlinks=False)
+    os.utime(root, ns=(ns, ns))
 
 
 def _run_step(root: Path, kind: str, step: dict, where: str) -> None:
@@ -253,7 +270,8 @@ def fingerprint(root: Path) -> str:
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """What :func:`restore_sandbox` compares against: relative path -> kind, size and mtime (ns)."""
+    """What :func:`restore_sandbox` compares against: relative path -> kind, size and mtime (ns) of a
+    file, mtime (ns) of a folder."""
     root = Path(root)
     entries: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -263,7 +281,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
             st = path.lstat()
             rel = path.relative_to(root).as_posix()
             kind = "L" if path.is_symlink() else "D" if path.is_dir() else "F"
-            entries[rel] = (kind, st.st_size, st.st_mtime_ns) if kind == "F" else (kind,)
+            entries[rel] = ((kind, st.st_size, st.st_mtime_ns) if kind == "F" else
+                            (kind, st.st_mtime_ns) if kind == "D" else (kind,))
     return entries
 
 
@@ -310,4 +329,13 @@ def restore_sandbox(template: Path, dest: Path, manifest: dict[str, tuple] | Non
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, path)   # the same bytes and mtime as the template
         changed += 1
+    # folders last (adding or removing an entry stamps its folder with the clock): the template's mtimes
+    for rel, want in [("", ("D", Path(template).stat().st_mtime_ns))] + list(manifest.items()):
+        if want[0] == "D" and len(want) > 1 and (not rel or rel.split("/")[0] not in keep):
+            path = dest / rel
+            try:
+                if path.lstat().st_mtime_ns != want[1]:
+                    os.utime(path, ns=(want[1], want[1]), follow_symlinks=False)
+            except OSError:
+                pass
     return changed

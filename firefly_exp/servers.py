@@ -140,6 +140,20 @@ def run(settings: ServersSettings, inputs: dict[str, StageResult], ctx: RunConte
                           settings.startup_timeout_s, settings.call_timeout_s)
 
 
+VOLATILE = "volatile.json"   # in the probe's folder: the tools whose repeated probe answered differently
+
+
+def catalog(inputs: dict[str, StageResult]) -> pl.DataFrame:
+    """The tool catalog a stage reads: the servers stage's tools, each tool the probe found answering
+    the same call differently (a clock, file times, fresh ids) marked ``volatile``, when it ran."""
+    tools = inputs["servers"].value
+    probe = inputs.get("probe")
+    path = Path(probe.folder) / VOLATILE if probe is not None else None
+    if path is None or not path.exists():
+        return tools
+    return tools.with_columns(volatile=pl.col("volatile") | pl.col("tool").is_in(json.loads(path.read_text())))
+
+
 def load(folder: Path, ctx: RunContext) -> pl.DataFrame:
     """The tool catalog later stages read (the per-server reports stay in ``servers.json``)."""
     return load_tools(folder)

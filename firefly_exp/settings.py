@@ -258,6 +258,8 @@ class ExplorerSettings(Group):
     keep_sandboxes: bool = runtime(False)
     warm_stateful: bool = runtime(True)
     warm_all: bool = runtime(False)
+    seed_mtime: Optional[float] = Field(None, description="the seeded files' mtime (None: sandbox.SEED_MTIME; "
+                                                          "the probe's repeat shifts it)")
 
     @field_validator("proposer")
     @classmethod

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from firefly_exp.explorer import ORDERED, Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
-from firefly_exp.mcp_client import QUIET_ENV, ServerHandle
+from firefly_exp.mcp_client import QUIET_ENV, STABLE_ENV, ServerHandle
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.store import read_jsonl
 
@@ -144,7 +144,7 @@ def test_server_sees_no_secrets_only_declared_env(tmp_path, monkeypatch):
     assert env["DECLARED_FOR_SERVER"] == "yes /sandbox"
     assert env["HOME"] == "/sandbox/home" and env["TMPDIR"] == "/sandbox/tmp" and seen["cwd"] == "/sandbox"
     assert set(env) <= {"HOME", "TMPDIR", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "DECLARED_FOR_SERVER",
-                        "LC_CTYPE", "PWD", *QUIET_ENV}   # LC_CTYPE, PWD: set by Python / the process itself
+                        "LC_CTYPE", "PWD", *QUIET_ENV, *STABLE_ENV}   # LC_CTYPE, PWD: set by Python / the process itself
     assert env["FASTMCP_CHECK_FOR_UPDATES"] == "off"   # no server asks a registry for updates
 
 

@@ -399,7 +399,7 @@ def explore(dags: list[dict], run: Exploration, out_dir: Path) -> dict:
     template = Path(run.sandbox_root) / "template"
     if template.exists():
         shutil.rmtree(template)
-    seed_sandbox(template, used_specs)
+    seed_sandbox(template, used_specs, run.settings.seed_mtime)
     pool_dir = Path(run.sandbox_root) / "pool"
     copy_sandbox(template, pool_dir) if not pool_dir.exists() else None
     done = {t["dag_id"]: t for t in read_jsonl(out_dir / "trajectories.jsonl")}

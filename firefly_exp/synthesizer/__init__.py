@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import answers, embeddings
+from .. import answers, embeddings, servers
 from ..answers import answer_fields, candidate_fields, leaks as _leaks  # noqa: F401 - candidate_fields: re-exported
 from ..seeding import rng_for
 from ..settings import SynthesizerSettings, choices_in, resolve
@@ -41,7 +41,7 @@ from ..store import code_version, read_jsonl, stable_hash, write_jsonl
 from . import fields, splits, verify, wording
 # the names other modules and the tests import from firefly_exp.synthesizer, wherever they now live
 from .fields import (answer_spec, chain_depth, chain_passes, data_dependencies, field_group,  # noqa: F401
-                     pick_fields, renumber, task_variants, variant_groups)
+                     pick_fields, renumber, task_variants, variant_groups, volatile_steps)
 from .verify import apply_determinism, dedup, judge_filter, remove_near_duplicates, verify_task
 from .wording import (ASK_FORMS, INTROS, SHAPE_INTROS, STEP_FORMS, TYPE_ASKS, describe_path,  # noqa: F401
                       field_description, path_key, path_text, template_question)
@@ -133,15 +133,22 @@ class _TaskMaker:
     def trajectory_tasks(self, dag_id: str, gold_full: list[dict]) -> list[dict]:
         """The verified tasks of one trajectory (its recorded calls ``gold_full``), best variant first."""
         s = self.settings
-        # echoes of an argument would be read off the question: not answer material
-        given = json.dumps([c["arguments"] for c in gold_full], ensure_ascii=False, default=str)
-        per_step = [answer_fields(call, self.tools[f"{call['server']}/{call['tool']}"]["volatile"], s.max_value_len,
-                                  given) for call in gold_full]
+        tainted = volatile_steps(gold_full, self.tools)
+        # echoes of an argument would be read off the question: not answer material (a volatile call's
+        # arguments are never in a question, and would make the choice differ from run to run)
+        given = json.dumps([c["arguments"] for k, c in enumerate(gold_full) if not tainted[k]],
+                           ensure_ascii=False, default=str)
+        per_step = [answer_fields(call, tainted[k], s.max_value_len, given) for k, call in enumerate(gold_full)]
         informative = [k for k, c in enumerate(per_step) if c]
         if not informative:
             self.rejected["no_answerable_output"] += 1
             return []
         variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call)
+        if any(tainted) and variants:
+            variants = self.stable_variants(variants, tainted, gold_full, informative)
+            if not variants:
+                self.rejected["volatile_chain"] += 1
+                return []
         if not variants:
             self.rejected["no_chain_dependency"] += 1
             return []
@@ -158,6 +165,17 @@ class _TaskMaker:
                 continue
             tasks.append(task)
         return tasks
+
+    def stable_variants(self, variants: list, tainted: list[bool], gold_full: list[dict],
+                        informative: list[int]) -> list:
+        """The variants whose gold chain holds no volatile call (its arguments and results would differ
+        in the next run), falling back to one-call variants as ``single_call: fallback`` allows."""
+        s = self.settings
+        kept = [v for v in variants if not any(tainted[j] for j in v[1])]
+        if not kept and s.single_call == "fallback":
+            kept = [v for v in task_variants(gold_full, informative, self.tools, s.require_chain, "always")
+                    if not any(tainted[j] for j in v[1])]
+        return kept
 
     def variant_task(self, dag_id: str, v_index: int, gold_full: list[dict], per_step: list[list],
                      variant: tuple[list[int], list[int], int]) -> dict | None:
@@ -295,7 +313,7 @@ def _synthesize(settings: SynthesizerSettings, inputs: dict[str, StageResult], c
 
     trajectories, calls = inputs["explorer"].value
     simulators = inputs["simulator"].value          # firefly_exp.simulator.SimulatorFactory
-    tools = inputs["servers"].value
+    tools = servers.catalog(inputs)   # volatile as the probe found it
     tool_rows = {r["tool"]: r for r in tools.to_dicts()}
     programs = make_programs(settings, tool_rows, ctx)
     job = executor.SynthesisJob(trajectories, calls, tool_rows, simulators.make(), simulators.folder, tools,
@@ -321,6 +339,6 @@ def _params(settings: SynthesizerSettings, ctx: RunContext) -> dict:
     return out
 
 
-STAGE = Stage("synthesizer", run, load, inputs=("explorer", "simulator", "servers"),
+STAGE = Stage("synthesizer", run, load, inputs=("explorer", "simulator", "servers", "probe"),
               artifacts=("tasks.jsonl",), params=_params,
               code=(sys.modules[__name__], wording, fields, verify, splits, answers, live, embeddings))

@@ -34,6 +34,28 @@ def data_dependencies(gold: list[dict]) -> list[set[int]]:
     return out
 
 
+def volatile_steps(gold: list[dict], tools: dict) -> list[bool]:
+    """Per call (by position), whether what it returned may change from run to run: its tool is
+    volatile (a clock, fresh ids), an argument came from such a call, or an earlier such call changed
+    state. A gold chain holding one would differ between two runs of one seed (its arguments, results).
+
+    >>> tools = {"s/now": {"volatile": True, "read_only": True}, "s/add": {"volatile": False, "read_only": True},
+    ...          "s/put": {"volatile": False, "read_only": False}}
+    >>> call = lambda t, src=None: {"server": "s", "tool": t, "arg_sources": {"x": src} if src else {}}
+    >>> volatile_steps([call("now"), call("add"), call("add", "edge:0:time")], tools)
+    [True, False, True]
+    >>> volatile_steps([call("now"), call("put", "pool:0:time"), call("add")], tools)   # a clock-derived write
+    [True, True, True]
+    """
+    direct = data_dependencies(gold)
+    out: list[bool] = []
+    for i, c in enumerate(gold):
+        row = tools[f"{c['server']}/{c['tool']}"]
+        out.append(bool(row.get("volatile")) or any(out[j] for j in direct[i]) or
+                   any(out[j] and not tools[f"{gold[j]['server']}/{gold[j]['tool']}"]["read_only"] for j in range(i)))
+    return out
+
+
 def _ancestors(direct: list[set[int]]) -> list[set[int]]:
     anc: list[set[int]] = []
     for deps in direct:
