@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench.explore import SHAPES, _specs
 from firefly_exp import PROJECT_ROOT, executor
+from firefly_exp.explorer import shards
 from firefly_exp.explorer import settings_from_yaml
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.stage import RunContext
@@ -37,7 +38,7 @@ from firefly_exp.store import read_jsonl, write_json_atomic
 
 
 def _settings():
-    """The smoke experiment's settings (seed 0, no LM): the run context executor.explore reads."""
+    """The smoke experiment's settings (seed 0, no LM): the run context explorer.shards.explore reads."""
     from hydra import compose, initialize_config_dir
 
     from firefly_exp.settings import load_settings
@@ -51,7 +52,7 @@ def _run(runner, dags, tools, settings, ctx: RunContext) -> tuple[float, list]:
     shutil.rmtree(ctx.run_dir, ignore_errors=True)
     ctx.out.mkdir(parents=True)
     t = time.perf_counter()
-    executor.explore(runner, dags, tools, settings, ctx)
+    shards.explore(runner, dags, tools, settings, ctx)
     wall = time.perf_counter() - t
     ordered = read_jsonl(ctx.out / "trajectories.ordered.jsonl")
     return wall, [(t["dag_id"], t["status"], [(c["tool"], c["arguments"]) for c in t["calls"]]) for t in ordered]

@@ -11,6 +11,7 @@ import sys
 from typing import NoReturn
 
 from . import PROJECT_ROOT
+from .settings import choices
 
 CONF = PROJECT_ROOT / "conf"
 MAX_JOBS = 64   # sweeps: each value is checked with the others at their first value beyond this many
@@ -19,11 +20,6 @@ MAX_JOBS = 64   # sweeps: each value is checked with the others at their first v
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def choices(group: str) -> list[str]:
-    """The choices of a config group (its YAML files, ``_base`` aside)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def precheck(argv: list[str]) -> None:

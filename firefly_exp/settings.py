@@ -77,13 +77,18 @@ def choices_in(module: str, prefix: str = "") -> list[str]:
                   and getattr(v, "__module__", None) == mod.__name__ and n.startswith(prefix))
 
 
+def choices(group: str) -> list[str]:
+    """The choices of a config group: its YAML files in conf/<group>/, ``_base`` aside."""
+    from . import PROJECT_ROOT
+
+    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def _check_target(value: str, default_module: str | None, what: str, group: str | None = None) -> str:
     try:
         obj = resolve(value, default_module)
     except (ImportError, AttributeError, ValueError):
         if group:   # the choices are the group's YAML files
-            from .cli import choices
-
             known = f"; pick {group}=<{'|'.join(choices(group))}> or a dotted path to your own function"
         else:
             known = f"; choose from {', '.join(choices_in(default_module))}" if default_module else ""

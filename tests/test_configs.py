@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from firefly_exp import PROJECT_ROOT
-from firefly_exp.cli import choices
+from firefly_exp.settings import choices
 from firefly_exp.settings import ConfigError, Settings, load_settings
 
 CONF = PROJECT_ROOT / "conf"

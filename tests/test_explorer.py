@@ -249,7 +249,7 @@ def test_a_synthesis_job_chunk_travels_without_live_objects():
     import yaml
 
     from firefly_exp import PROJECT_ROOT
-    from firefly_exp.executor import SynthesisJob, _chunk
+    from firefly_exp.synthesizer.shards import SynthesisJob, _chunk
     from firefly_exp.settings import SynthesizerSettings
 
     conf = yaml.safe_load((PROJECT_ROOT / "conf/synthesizer/template.yaml").read_text())

@@ -11,7 +11,7 @@
   by :func:`load_trajectories`, counted by :func:`exploration_metrics`.
 
 The stage (:data:`STAGE`) explores the sampler's DAGs over the servers stage's tools, in this process
-or sharded across Ray workers (``ctx.executor``, :func:`firefly_exp.executor.explore`).
+or sharded across Ray workers (``ctx.executor``, :func:`firefly_exp.explorer.shards.explore`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..stage import Stage, with_lm_usage
-from . import proposal, records, runtime
+from . import proposal, records, runtime, shards
 from .proposal import HeuristicProposer, NodeContext, Proposer, hinted_values, looks_like_error, passable
 from .records import ERROR_KINDS, ORDERED, exploration_metrics, load_trajectories, write_ordered
 from .runtime import Exploration, explore
@@ -62,9 +62,7 @@ def run(settings: ExplorerSettings, inputs: dict[str, StageResult], ctx: RunCont
     """Explore the sampler's DAGs (``inputs["sampler"].value``) over the servers' tools
     (``inputs["servers"].value``, tools.parquet) into ``ctx.out``; returns the metrics, with the LM
     usage when there is an LM."""
-    from .. import executor
-
-    return with_lm_usage(executor.explore, ctx.lm)(ctx.executor, inputs["sampler"].value, inputs["servers"].value,
+    return with_lm_usage(shards.explore, ctx.lm)(ctx.executor, inputs["sampler"].value, inputs["servers"].value,
                                                    settings, ctx)
 
 

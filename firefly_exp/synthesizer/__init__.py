@@ -309,17 +309,18 @@ def make_programs(settings: SynthesizerSettings, tool_rows: dict[str, dict], ctx
 
 
 def _synthesize(settings: SynthesizerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
-    from .. import executor
+    from ..executor import worker_lm_conf
+    from . import shards
 
     trajectories, calls = inputs["explorer"].value
     simulators = inputs["simulator"].value          # firefly_exp.simulator.SimulatorFactory
     tools = servers.catalog(inputs)   # volatile as the probe found it
     tool_rows = {r["tool"]: r for r in tools.to_dicts()}
     programs = make_programs(settings, tool_rows, ctx)
-    job = executor.SynthesisJob(trajectories, calls, tool_rows, simulators.make(), simulators.folder, tools,
-                                ctx.seed, settings, executor.worker_lm_conf(ctx.settings.lm),
-                                programs.writer, programs.judge, programs.live_check)
-    return executor.synthesize(ctx.executor, job, ctx.out)
+    job = shards.SynthesisJob(trajectories, calls, tool_rows, simulators.make(), simulators.folder, tools,
+                              ctx.seed, settings, worker_lm_conf(ctx.settings.lm),
+                              programs.writer, programs.judge, programs.live_check)
+    return shards.synthesize(ctx.executor, job, ctx.out)
 
 
 def run(settings: SynthesizerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
