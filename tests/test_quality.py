@@ -164,3 +164,25 @@ def test_card_has_a_quality_table_per_split():
     assert "| check | train | test | all |" in card
     assert "| tool_name_leak_rate | 0.0 | n/a | 0.0 |" in card
     assert "| quality" not in card                                   # not flattened into the statistics table
+
+
+def test_dataset_stage_reports_quality_per_split(tmp_path):
+    """The stage's metrics (summary.json ``tasks``) and stats.json carry ``quality.<split>``; the card its table."""
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    goal = task(GOAL, [CONVERT, ("sqlite/list_tables", {})], {"converted_value": 0.0591},
+                {"converted_value": (0, "converted_value")}, split="test")
+    goal.update(id="task-0", answer_schema={"converted_value": {"type": "number", "description": "x"}},
+                difficulty={"calls": 2, "servers": 2, "depth": 1}, dag_id="dag-0", synthesizer="goal", seed=0,
+                gold_results=[{"content": [], "structured": {"converted_value": 0.0591}, "is_error": False}] * 2)
+    rows = pl.DataFrame([{"tool": k, **v} for k, v in CATALOG.items()])
+    inputs = {"synthesizer": SimpleNamespace(value=[goal], metrics={}), "explorer": SimpleNamespace(value=([1], {})),
+              "servers": SimpleNamespace(value=rows)}
+    ctx = SimpleNamespace(out=tmp_path, settings=SimpleNamespace(name="t"), seed=0)
+    stats = dataset.run(None, inputs, ctx)
+    assert stats["quality"]["test"]["tasks"] == 1 and stats["quality"]["train"]["tasks"] == 0
+    assert stats["quality"]["all"]["calls_per_task_mean"] == 2.0 and stats["quality"]["all"]["path_leak_rate"] == 0
+    assert json.loads((tmp_path / "stats.json").read_text())["quality"] == stats["quality"]
+    assert "| check | train | test | all |" in (tmp_path / "README.md").read_text()
