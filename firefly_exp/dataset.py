@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .quality import SPLITS, quality_by_split
 from .results import normalise, result_text
 from .stage import RunContext, Stage, StageResult
 from .store import stable_hash, write_json_atomic, write_jsonl
@@ -201,7 +202,28 @@ Calls per task (histogram):
 | calls | tasks |
 |---|---|
 {hist}
+{quality}"""
+
+QUALITY_CARD = """
+## Task quality, per split
+
+How far questions state a goal and answers carry information (`firefly_exp/quality.py` defines each
+check; docs/dataset.md). Leak, step and single-call figures are shares of tasks, confirmation and
+echo rates shares of answer fields, `tool_recall_at_5` the share of gold tools that BM25 of the
+question ranks among the run's top 5 tools.
+
+| check | {splits} |
+|---|{dashes}
+{rows}
 """
+
+
+def quality_card(quality: dict[str, dict]) -> str:
+    """The card's quality section: one row per check, one column per split (``n/a``: an empty split)."""
+    splits = [s for s in SPLITS if s in quality]
+    rows = "\n".join(f"| {k} | " + " | ".join("n/a" if quality[s][k] is None else str(quality[s][k]) for s in splits)
+                     + " |" for k in quality[splits[0]])
+    return QUALITY_CARD.format(splits=" | ".join(splits), dashes="---|" * len(splits), rows=rows)
 
 
 def dataset_card(stats: dict, name: str, seed: int, servers: list[str]) -> str:
@@ -210,7 +232,9 @@ def dataset_card(stats: dict, name: str, seed: int, servers: list[str]) -> str:
     flat.update({f"leakage.{k}": v for k, v in stats["leakage"].items()})
     rows = "\n".join(f"| {k} | {'n/a (not measured in this run)' if v is None else v} |" for k, v in flat.items())
     hist = "\n".join(f"| {k} | {v} |" for k, v in stats["calls_per_task_hist"].items())
-    return CARD.format(name=name, seed=seed, servers=", ".join(servers) or "none", rows=rows, hist=hist)
+    quality = quality_card(stats["quality"]) if "quality" in stats else ""   # the stage always adds it
+    return CARD.format(name=name, seed=seed, servers=", ".join(servers) or "none", rows=rows, hist=hist,
+                       quality=quality)
 
 
 def export_dataset(tasks: list[dict], tools: dict[str, dict], out_dir: Path, stats: dict, name: str = "firefly",
@@ -255,11 +279,13 @@ def log_to_mlflow(folder: Path) -> None:
 
 
 def run(settings: None, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
-    """The dataset stage: the synthesizer's tasks exported with their card; returns the statistics."""
+    """The dataset stage: the synthesizer's tasks exported with their card; returns the statistics, with
+    the quality checks per split under ``quality`` (``tasks.quality.<split>.*`` in summary.json)."""
     tasks = inputs["synthesizer"].value
     trajectories, _ = inputs["explorer"].value   # the yield is per explored DAG
     stats = task_statistics(tasks, len(trajectories), inputs["synthesizer"].metrics)
     tools = {r["tool"]: r for r in inputs["servers"].value.to_dicts()}
+    stats["quality"] = quality_by_split(tasks, tools)
     return export_dataset(tasks, tools, ctx.out, stats, ctx.settings.name, ctx.seed)
 
 
