@@ -1,68 +1,19 @@
-import json
-from pathlib import Path
+"""The sampler stage: every strategy draws distinct, valid, seeded DAGs; constraints, coverage, answer
+sinks, probe failures, server weights, and a user's own strategy as one function and one YAML."""
+
+import inspect
 
 import networkx as nx
-import polars as pl
+import numpy as np
 import pytest
 from pydantic import ValidationError
-from stage_settings import graph_settings, sampler_settings
+from stage_settings import sampler_settings
 
-from firefly_exp.graph import GraphInputs, build_graph, flow_score, load_graph, output_fields
+from conftest import FIXTURES
+from firefly_exp import PROJECT_ROOT
 from firefly_exp.sampler import sample_subdags
 from firefly_exp.settings import ConfigError, SamplerSettings, load_settings
 from firefly_exp.store import read_jsonl
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def _tool(server, name, desc, inputs, outputs=None, required=None):
-    return {"tool": f"{server}/{name}", "server": server, "name": name, "description": desc,
-            "input_schema": json.dumps({"type": "object", "properties": inputs,
-                                        "required": required if required is not None else list(inputs)}),
-            "output_schema": json.dumps({"type": "object", "properties": outputs}) if outputs else None,
-            "annotations": "{}", "read_only": True, "volatile": False, "domain": server, "stateful": False,
-            "server_name": server, "server_version": "1", "schema_hash": name}
-
-
-@pytest.fixture
-def tools():
-    s = {"type": "string"}
-    return pl.DataFrame([
-        _tool("files", "list_files", "List files in a folder", {"folder": s}, {"path": s, "size": {"type": "integer"}}),
-        _tool("files", "read_file", "Read a file", {"path": s}, {"content": s}),
-        _tool("files", "stat_file", "File size and times", {"path": s}, {"size": {"type": "integer"}}),
-        _tool("text", "count_words", "Count words in a text", {"text": s}, {"words": {"type": "integer"}}),
-        _tool("math", "double", "Double a number", {"size": {"type": "number"}}, {"value": {"type": "number"}}),
-        _tool("clock", "now", "Current time", {}, {"time": s}),
-    ])
-
-
-def test_flow_score_maps_matching_fields():
-    score, mapping = flow_score(output_fields({"properties": {"path": {"type": "string"}}}),
-                                [("path", "string", True), ("mode", "string", False)])
-    assert score == 1.0 and mapping == {"path": "path"}
-    assert output_fields(None) == [("*", "string")]
-
-
-def test_graph_edges_follow_data_flow(tools, tmp_path):
-    m = build_graph(tools, graph_settings({"flow": 1.0}, {"low": 0.3, "medium": 0.5, "high": 0.8}), tmp_path)
-    g = load_graph(tmp_path)
-    assert g.has_edge("files/list_files", "files/read_file")
-    assert g["files/list_files"]["files/read_file"]["mapping"] == {"path": "path"}
-    assert g.has_edge("files/list_files", "math/double")           # size -> size, number accepts integer
-    assert not g.has_edge("files/read_file", "math/double")
-    assert not any(v == "clock/now" for _, v in g.edges)             # no inputs, nothing feeds it
-    assert m["edges"] == g.number_of_edges() and m["tools"] == 6
-    assert (tmp_path / "graph.png").stat().st_size > 0 and (tmp_path / "edges.parquet").exists()
-
-
-def test_graph_with_offline_embeddings(tools, tmp_path):
-    m = build_graph(tools, graph_settings({"flow": 0.6, "similarity": 0.4}, {"low": 0.3, "medium": 0.45, "high": 0.6}),
-                    tmp_path)
-    edges = pl.read_parquet(tmp_path / "edges.parquet")
-    assert m["edges"] == edges.height > 0
-    assert edges["similarity"].max() > 0  # the embedding model ran
-    assert set(edges["confidence"].unique()) <= {"low", "medium", "high"}
 
 
 def _graph():
@@ -99,7 +50,7 @@ def test_uniform_ignores_the_graph(tmp_path):
     m = sample_subdags(_graph(), sampler_settings("uniform", n_dags=10, min_size=2, max_size=3), 1, tmp_path)
     dags = read_jsonl(tmp_path / "dags.jsonl")
     assert m["dags"] == 10 and all(d["edges"] == [] and d["sampler"] == "uniform" for d in dags)
-    with pytest.raises(ValidationError, match="no sampler strategy named 'bogus'; choose from coverage, fan_in"):
+    with pytest.raises(ValidationError, match=r"no sampler strategy named 'bogus'; pick sampler=<coverage\|fan_in\|"):
         SamplerSettings(**{"_target_": "bogus"})
 
 
@@ -156,29 +107,6 @@ def test_tools_whose_probe_failed_join_only_when_fed(tmp_path):
         sampler_settings(probe_failed="sometimes")
 
 
-def test_edges_that_only_pass_an_echoed_argument_are_dropped(tools, tmp_path):
-    """A probe where list_files returned its own `folder` argument as `path`: the list_files -> read_file
-    edge (path <- path) would pass on only what the caller gave list_files, so it goes; with
-    drop_echoes off, or a probe that returned a real path, it stays."""
-    def probe(path_value):
-        return [{"server": "files", "tool": "list_files", "is_error": False, "arguments": {"folder": "/data/in"},
-                 "content": [{"type": "text", "text": json.dumps({"path": path_value, "size": 3})}]}]
-
-    settings = graph_settings({"flow": 1.0}, {"low": 0.3, "medium": 0.5, "high": 0.8})
-    echoed, kept, off = tmp_path / "echo", tmp_path / "real", tmp_path / "off"
-    for p in (echoed, kept, off):
-        p.mkdir()
-    m = build_graph(tools, settings, echoed, GraphInputs(probe_calls=probe("/data/in")))
-    assert not load_graph(echoed).has_edge("files/list_files", "files/read_file") and m["echo_edges_dropped"] >= 1
-    build_graph(tools, settings, kept, GraphInputs(probe_calls=probe("/data/in/a.txt")))
-    assert load_graph(kept)["files/list_files"]["files/read_file"]["mapping"] == {"path": "path"}
-    build_graph(tools, settings.model_copy(update={"drop_echoes": False}), off, GraphInputs(probe_calls=probe("/data/in")))
-    assert load_graph(off).has_edge("files/list_files", "files/read_file")
-    nodes = pl.read_parquet(kept / "nodes.parquet")
-    assert nodes.filter(pl.col("tool") == "files/list_files")["probe_ok"].item() is True
-    assert nodes.filter(pl.col("tool") == "files/read_file")["probe_ok"].item() is False   # never probed
-
-
 def test_server_weights_lower_a_costly_servers_odds(tmp_path):
     """server_weights: a server at a small factor turns up in far fewer DAGs; unset, sampling is as before."""
     def share(out, **kw):
@@ -217,42 +145,60 @@ def test_a_new_sampler_is_one_function_and_one_yaml(config, tmp_path, monkeypatc
                              "sampler._target_=chain_sampler.nope"))
 
 
-def test_stage_declarations_chain_servers_graph_sampler_flow(tools, config, tmp_path):
-    """The graph, sampler and flow builders on a catalog the servers stage would give (no probe, no LM):
-    each writes its artifacts into ctx.out, its load gives what the next one reads."""
-    from firefly_exp import graph, observed, probe, sampler
-    from firefly_exp.stage import RunContext, StageResult
-    from firefly_exp.store import write_jsonl
+def _random_graph(n=30, servers=5):
+    rng = np.random.default_rng(0)
+    g = nx.DiGraph()
+    names = [f"s{i % servers}/t{i}" for i in range(n)]
+    for u in names:
+        g.add_node(u, server=u.split("/")[0])
+    for u in names:
+        for v in rng.choice(names, 4, replace=False):
+            if u != v:
+                conf = ["low", "medium", "high"][int(rng.integers(3))]
+                g.add_edge(u, str(v), score=float(rng.uniform(0.3, 1)), confidence=conf, mapping={"x": "y"})
+    return g
 
-    s = load_settings(config("graph.weights.similarity=0", "sampler.n_dags=3", "sampler.start_rule=any",
-                             "sampler.answer_sink=false"))
-    ctx = RunContext(s, tmp_path / "run", {})
 
-    def result(name, value=None, folder=tmp_path):
-        return StageResult(name, f"key-{name}", folder, {}, False, 0.0, value)
+STRATEGIES = sorted(f.stem for f in (PROJECT_ROOT / "conf/sampler").glob("[!_]*.yaml"))   # every choice file
 
-    def run(stage, inputs):
-        out = tmp_path / stage.name
-        out.mkdir()
-        metrics = stage.run(stage.settings_of(s), inputs, ctx.for_stage(out))
-        return metrics, result(stage.name, stage.load(out, ctx), out)
 
-    assert probe.STAGE.skip(s) is None and probe.STAGE.settings_of(s) is s.explorer
-    assert probe.STAGE.skip(load_settings(config("graph.probe=false"))) == "graph.probe=false"
-    assert graph.STAGE.params(s.graph, ctx) == {"lm": None, "lm_judged": False, "observed_key": None}
-    m, g = run(graph.STAGE, {"servers": result("servers", tools)})
-    assert m["edges"] == g.value.number_of_edges() > 0 and m["answering_tools"] is None   # no probe input
-    m, dags = run(sampler.STAGE, {"graph": g})
-    assert sampler.STAGE.params(s.sampler, ctx) == {"seed": s.seed}
-    assert m["dags"] == len(dags.value) == 3 and all(d["sampler"] == "random_walk" for d in dags.value)
-    explored = tmp_path / "explorer"
-    dag = next(d for d in dags.value if d["edges"])
-    e = dag["edges"][0]
-    write_jsonl(explored / "trajectories.jsonl", [{"index": 0, "episode": "ep", "dag_id": dag["id"]}])
-    write_jsonl(explored / "calls.jsonl", [
-        {"episode": "ep", "dag_id": dag["id"], "dag_index": 0, "seq": i, "step": i, "server": t.split("/")[0],
-         "tool": t.split("/")[1], "is_error": False, "arg_sources": {"x": "edge:0:path"} if i else {}}
-        for i, t in enumerate([e["source"], e["target"]])])
-    m, flow = run(observed.STAGE, {"sampler": dags, "explorer": result("explorer", None, explored)})
-    assert m == json.loads((flow.value / "flow.json").read_text())
-    assert m["dags_explored"] == 1 and m["edges_valid"] == 1
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_sampler_draws_distinct_valid_dags(strategy, tmp_path):
+    m = sample_subdags(_random_graph(), sampler_settings(strategy, n_dags=40, min_size=3 if "fan" in strategy else 2,
+                                                         max_size=4, max_depth=3), 3, tmp_path)
+    dags = read_jsonl(tmp_path / "dags.jsonl")
+    assert m["dags"] == len(dags) == len({d["id"] for d in dags}) > 20
+    assert (tmp_path / "shapes.png").stat().st_size > 0
+    for d in dags:
+        pos = {n: i for i, n in enumerate(d["nodes"])}
+        assert all(pos[e["source"]] < pos[e["target"]] and "mapping" in e for e in d["edges"])
+        assert d["depth"] <= 3 and d["sampler"] == strategy
+    if strategy == "fan_out":
+        assert all(d["shape"] == "fan_out" for d in dags)
+    if strategy == "fan_in":
+        assert all(d["shape"] == "fan_in" for d in dags)
+    if strategy == "uniform":
+        assert all(d["shape"] == "set" for d in dags)
+    for key in ("tool_coverage", "server_coverage", "cross_server_fraction", "distinct_tool_sets"):
+        assert key in m
+
+
+def test_sampler_constraints_and_coverage(tmp_path):
+    m = sample_subdags(_random_graph(), sampler_settings(n_dags=30, require_cross_server=True, max_servers=2), 1,
+                       tmp_path)
+    assert all(len(d["servers"]) == 2 for d in read_jsonl(tmp_path / "dags.jsonl")) and m["cross_server_fraction"] == 1
+    walk = sample_subdags(_random_graph(200, 20), sampler_settings(n_dags=40, start_rule="any"), 1, tmp_path)
+    cover = sample_subdags(_random_graph(200, 20), sampler_settings("coverage", n_dags=40, start_rule="any"), 1, tmp_path)
+    assert cover["tools_covered"] > walk["tools_covered"]
+
+
+def test_every_sampler_config_names_its_strategy_function(config):
+    """Each choice file composes into valid SamplerSettings whose ``_target_`` is a strategy function of
+    one Draw named like the file."""
+    from firefly_exp import sampler
+
+    assert STRATEGIES == sampler.CHOICES
+    for name in STRATEGIES:
+        s = load_settings(config(f"sampler={name}")).sampler
+        assert isinstance(s, SamplerSettings) and s.target == f"firefly_exp.sampler.{name}" and s.strategy == name
+        assert list(inspect.signature(getattr(sampler, name)).parameters) == ["draw"]
