@@ -12,6 +12,7 @@ import firefly_exp
 from firefly_exp import PROJECT_ROOT
 
 CONF = str(PROJECT_ROOT / "conf")
+FIXTURES = Path(__file__).parent / "fixtures"   # the fixture servers and samplers, for tests in any folder
 
 
 def make_config(tmp_path: Path, overrides: list[str] = ()):

@@ -75,6 +75,20 @@ def test_a_bad_value_names_key_value_and_fix():
     assert "sampler.n_dags=-5" in msg and "greater than or equal to 1" in msg and "\n" not in msg
 
 
+def test_unknown_server_is_a_one_line_error(config):
+    with pytest.raises(ConfigError) as err:
+        load_settings(config("servers.enabled=[time,nosuch]"))
+    msg = str(err.value)
+    assert "nosuch" in msg and "conf/servers/catalog.yaml" in msg and "\n" not in msg
+
+
+def test_unknown_reset_mode_is_a_one_line_error(config):
+    with pytest.raises(ConfigError) as err:
+        load_settings(config("servers.catalog.git.reset=warm"))
+    msg = str(err.value)
+    assert "servers.catalog.git.reset" in msg and "files" in msg and "always" in msg and "\n" not in msg
+
+
 def _closed_port() -> int:
     with socket.socket() as s:   # bound then closed: nothing listens there
         s.bind(("127.0.0.1", 0))

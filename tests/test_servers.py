@@ -1,4 +1,5 @@
-"""The server catalog, sandbox seeding and the installed servers themselves.
+"""The server catalog and its install (pins, the install check), sandbox seeding, and the installed
+servers themselves.
 
 Tests marked ``servers`` launch the real MCP servers: run ``python -m firefly_exp.install`` (or
 ``make servers``) first; a server that is not installed is skipped with a message saying so.
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from firefly_exp.install import command_path, load_catalog, pypi_fingerprint
+from firefly_exp.install import check_installed, command_path, load_catalog, pypi_fingerprint
 from firefly_exp.mcp_client import VIRTUAL_ROOT, ServerHandle
 from firefly_exp.sandbox import SeedError, copy_sandbox, fingerprint, seed_sandbox
+from firefly_exp.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_DIR = Path(os.environ.get("FIREFLY_SERVERS_DIR", ROOT / ".servers"))
@@ -117,6 +119,20 @@ def test_default_servers_install_apart_from_the_full_catalog():
     assert all((CATALOG[s].get("npm_group") or "npm") == "npm" for s in ENABLED)
     default_npm = json.loads((ROOT / "servers" / "npm" / "package.json").read_text())["dependencies"]
     assert set(default_npm) == {CATALOG[s]["package"] for s in ENABLED if CATALOG[s]["registry"] == "npm"}
+
+
+def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):
+    """`+experiment=full` on a machine without the full catalog: one line, naming `make servers-full`."""
+    cfg = config("+experiment=full", f"servers.install_dir={tmp_path}/nothing-installed")
+    specs = load_settings(cfg).servers.specs()
+    assert len(specs) >= 30
+    with pytest.raises(ConfigError) as err:
+        check_installed(specs, Path(cfg.servers.install_dir))
+    msg = str(err.value)
+    assert "make servers-full" in msg and "basic-memory" in msg and "\n" not in msg
+    only_default = {sid: specs[sid] for sid in ("time", "git")}
+    with pytest.raises(ConfigError, match=r"run `make servers`"):
+        check_installed(only_default, Path(cfg.servers.install_dir))
 
 
 def test_servers_config_composes():

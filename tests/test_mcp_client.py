@@ -1,45 +1,16 @@
-"""Bad input: unknown servers, servers that do not start, tools that error, hang or crash."""
+"""The MCP client on bad input: servers that are not installed or do not start, tools that error, hang
+or crash (on tests/fixtures/flaky_server.py, a real stdio MCP server)."""
 
 import asyncio
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import FIXTURES
 from firefly_exp.mcp_client import ServerHandle, ServerStartError
-from firefly_exp.install import check_installed
-from firefly_exp.settings import ConfigError, ServersSettings, load_settings
 
 FLAKY = {"id": "flaky", "registry": "pypi", "command": sys.executable,
-         "args": [str(Path(__file__).parent / "fixtures" / "flaky_server.py")], "stateful": False}
-
-
-def test_unknown_server_is_a_one_line_error(config):
-    with pytest.raises(ConfigError) as err:
-        load_settings(config("servers.enabled=[time,nosuch]"))
-    msg = str(err.value)
-    assert "nosuch" in msg and "conf/servers/catalog.yaml" in msg and "\n" not in msg
-
-
-def test_unknown_reset_mode_is_a_one_line_error(config):
-    with pytest.raises(ConfigError) as err:
-        load_settings(config("servers.catalog.git.reset=warm"))
-    msg = str(err.value)
-    assert "servers.catalog.git.reset" in msg and "files" in msg and "always" in msg and "\n" not in msg
-
-
-def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):
-    """`+experiment=full` on a machine without the full catalog: one line, naming `make servers-full`."""
-    cfg = config("+experiment=full", f"servers.install_dir={tmp_path}/nothing-installed")
-    specs = load_settings(cfg).servers.specs()
-    assert len(specs) >= 30
-    with pytest.raises(ConfigError) as err:
-        check_installed(specs, Path(cfg.servers.install_dir))
-    msg = str(err.value)
-    assert "make servers-full" in msg and "basic-memory" in msg and "\n" not in msg
-    only_default = {sid: specs[sid] for sid in ("time", "git")}
-    with pytest.raises(ConfigError, match=r"run `make servers`"):
-        check_installed(only_default, Path(cfg.servers.install_dir))
+         "args": [str(FIXTURES / "flaky_server.py")], "stateful": False}
 
 
 def test_missing_server_binary_says_how_to_fix(tmp_path):

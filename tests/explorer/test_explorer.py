@@ -16,12 +16,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from conftest import FIXTURES
 from firefly_exp.explorer import ORDERED, Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.mcp_client import QUIET_ENV, STABLE_ENV, ServerHandle
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.store import read_jsonl
 
-FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from explore_run import SPECS, dags  # noqa: E402
 

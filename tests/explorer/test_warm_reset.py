@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import catalog_spec, installed
+from conftest import FIXTURES, catalog_spec, installed
 from firefly_exp import PROJECT_ROOT
 from firefly_exp.explorer import Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.probe import probe_dags
@@ -91,8 +91,7 @@ def test_in_memory_state_and_the_reset_modes(tmp_path, reset):
     `files` (wrong for such a server) would carry the change over, which is what the modes are for."""
     import sys
 
-    spec = {"id": "counter", "command": sys.executable, "args": [str(Path(__file__).parent / "fixtures" /
-                                                                    "counter_server.py")],
+    spec = {"id": "counter", "command": sys.executable, "args": [str(FIXTURES / "counter_server.py")],
             "registry": "pypi", "stateful": True, "reset": reset}
     discover_tools([spec], tmp_path, tmp_path / "disc", tmp_path)
     tools = load_tools(tmp_path)
