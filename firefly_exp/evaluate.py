@@ -10,6 +10,9 @@ Policies here:
   score 100%: anything less means the pipeline broke its own labels.
 - ``random``: as many calls as the gold chain, each a random offered tool with arguments drawn at
   random from its schema, then answers each field with a random value seen in its results.
+- ``lookup`` (:mod:`.lookup`): no planning: the offered tools most like the question (BM25), called with
+  the values the question states, nothing passed between calls, each field answered by the result key
+  most like its name. The gap between it and a trained policy is what a task needs beyond lookup.
 - ``sft``, ``grpo``: the train stage's checkpoints (:class:`~.train.policy.LMPolicy`), when it ran.
 - ``dspy_react``: ``dspy.ReAct`` over the simulated tools with the configured LM (``programs/react.py``).
 
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import rewards
+from . import lexical, lookup, rewards
+from .lookup import make_lookup_policy
 from .results import get_path, leaves, value_of
 from .seeding import rng_for
 from .settings import REWARDS_MODULE, EvalSettings, resolve
@@ -184,6 +188,10 @@ def _random(inp: PolicyInputs) -> Callable:
     return make_random_policy(inp.tool_schemas)
 
 
+def _lookup(inp: PolicyInputs) -> Callable:
+    return make_lookup_policy(inp.tool_schemas, inp.descriptions)
+
+
 def _sft(inp: PolicyInputs) -> Callable:
     return _trained(inp, "sft")
 
@@ -220,6 +228,7 @@ def _needs_lm(inp: PolicyInputs) -> Optional[str]:
 POLICIES: dict[str, PolicyFactory] = {
     "gold": PolicyFactory(_gold),
     "random": PolicyFactory(_random),
+    "lookup": PolicyFactory(_lookup),
     "sft": PolicyFactory(_sft, _needs_train),
     "grpo": PolicyFactory(_grpo, _needs_train),
     "dspy_react": PolicyFactory(_dspy_react, _needs_lm),
@@ -261,4 +270,4 @@ from .train import policy as _train_policy   # noqa: E402 - its source is in the
 
 STAGE = Stage("eval", run, inputs=("synthesizer", "simulator", "servers", "train"), artifacts=("eval.json",),
               params=lambda settings, ctx: {"seed": ctx.seed},
-              code=(sys.modules[__name__], rewards, _train_policy))
+              code=(sys.modules[__name__], rewards, lookup, lexical, _train_policy))

@@ -311,13 +311,13 @@ class SimulatorSettings(Group):
     fidelity: FidelitySettings
 
 
-EVAL_POLICIES = ("gold", "random", "sft", "grpo", "dspy_react")
+EVAL_POLICIES = ("gold", "random", "lookup", "sft", "grpo", "dspy_react")
 REWARDS_MODULE = "firefly_exp.rewards"     # where a bare reward name (eval.reward, train.rewards) is looked up
 
 
 class EvalSettings(Group):
     split: Literal["train", "test"] = "test"
-    policies: list[Literal["gold", "random", "sft", "grpo", "dspy_react"]] = Field(min_length=1)
+    policies: list[Literal["gold", "random", "lookup", "sft", "grpo", "dspy_react"]] = Field(min_length=1)
     reward: str = Field("binary", description="a reward function (firefly_exp/rewards.py) or a dotted path")
     k: int = Field(1, ge=1, le=1000)
     temperature: float = Field(1.0, ge=0, le=10)
