@@ -48,8 +48,8 @@ def expand(overrides: list[str]) -> list[list[str]]:
         raise ValueError(f"{str(exc).splitlines()[0]} (see `python -m firefly_exp --help`)") from None
     fixed, sweeps = [], []
     for o in parsed:
-        if o.key_or_group.startswith("hydra"):
-            continue
+        if o.key_or_group.startswith("hydra") and o.key_or_group != "hydra.searchpath":
+            continue   # where and how Hydra runs the job (launcher, run dir): not the experiment's config
         if o.is_sweep_override():
             sweeps.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:

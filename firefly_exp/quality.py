@@ -48,11 +48,10 @@ no task has ``None`` rates.
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections import Counter
 from typing import Any, Iterable
 
+from . import lexical
 from .results import normalise, value_of
 
 SPLITS = ("train", "test", "all")
@@ -266,29 +265,9 @@ STOPWORDS = frozenset("a an and are as at be by do does for from has have how i 
                       "the that this to what when where which who with you your".split())
 
 
-def bm25_tokens(text: str) -> list[str]:
-    """Lower-cased word tokens for BM25: identifiers split at ``_``, ``-`` and inner capitals, stopwords
-    dropped, a plural ``s``/``es``/``ies`` stripped.
-
-    >>> bm25_tokens("Convert 250 cups to liters with convert_volume and readFile; list the boxes, queries")
-    ['convert', '250', 'cup', 'liter', 'convert', 'volume', 'read', 'file', 'list', 'box', 'query']
-    """
-    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).lower())
-    return [_stem(w) for w in words if w not in STOPWORDS]
-
-
-def _stem(word: str) -> str:
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith("es") and word[-3] in "sxz" or word.endswith(("ches", "shes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
 class BM25:
-    """Okapi BM25 over a fixed list of documents (k1 1.5, b 0.75, the non-negative idf).
+    """The run's tools ranked by :class:`firefly_exp.lexical.BM25` (the one lexical retriever of the
+    project, also the ``lookup`` policy's) of a question against each tool's text, stopwords dropped.
 
     >>> docs = {"u/convert_volume": "Convert volume between units", "s/list_tables": "List all tables",
     ...         "s/read_query": "Run a SELECT query on the database"}
@@ -298,25 +277,17 @@ class BM25:
     ['s/list_tables', 's/read_query', 'u/convert_volume']
     """
 
-    def __init__(self, docs: dict[str, str], k1: float = 1.5, b: float = 0.75):
+    def __init__(self, docs: dict[str, str]):
         self.ids = sorted(docs)
-        self.tf = [Counter(bm25_tokens(docs[i])) for i in self.ids]
-        lengths = [sum(tf.values()) for tf in self.tf]
-        self.norm = [k1 * (1 - b + b * n / max(sum(lengths) / max(len(lengths), 1), 1e-9)) for n in lengths]
-        df = Counter(t for tf in self.tf for t in tf)
-        n = len(self.ids)
-        self.idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
-        self.k1 = k1
-
-    def scores(self, query: str) -> list[float]:
-        terms = [t for t in dict.fromkeys(bm25_tokens(query)) if t in self.idf]
-        return [sum(self.idf[t] * tf[t] * (self.k1 + 1) / (tf[t] + norm) for t in terms if t in tf)
-                for tf, norm in zip(self.tf, self.norm)]
+        self.index = lexical.BM25([_terms(docs[i]) for i in self.ids])
 
     def rank(self, query: str) -> list[str]:
         """The ids, best first; equal scores in id order (deterministic)."""
-        s = self.scores(query)
-        return [self.ids[i] for i in sorted(range(len(self.ids)), key=lambda i: (-s[i], self.ids[i]))]
+        return [self.ids[i] for i in self.index.rank(_terms(query))]
+
+
+def _terms(text: str) -> list[str]:
+    return [w for w in lexical.words(text) if w not in STOPWORDS]
 
 
 def tool_documents(catalog: dict[str, dict]) -> dict[str, str]:
