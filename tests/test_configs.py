@@ -89,6 +89,13 @@ def test_unknown_reset_mode_is_a_one_line_error(config):
     assert "servers.catalog.git.reset" in msg and "files" in msg and "always" in msg and "\n" not in msg
 
 
+def _child_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _closed_port() -> int:
     with socket.socket() as s:   # bound then closed: nothing listens there
         s.bind(("127.0.0.1", 0))
@@ -137,14 +144,16 @@ def test_bad_input_is_one_line_and_exit_2(overrides, words, tmp_path):
     outputs = tmp_path / "outputs"
     argv = [o.format(port=_closed_port()) for o in overrides]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _child_cpu()
     proc = subprocess.run([sys.executable, "-m", "firefly_exp", f"paths.outputs={outputs}", *argv],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    took = time.perf_counter() - started
+    took, cpu = time.perf_counter() - started, _child_cpu() - cpu
     err = proc.stderr.strip()
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     for word in words:
         assert word in err, (word, err)
     assert not (outputs / "store").exists() and not (outputs / "mlflow.db").exists()
-    assert took < 5, took   # typically ~2 s: every job is checked before the pipeline is even imported
+    # every job is checked before the pipeline is even imported: ~2 s on an idle machine. The limit is
+    # on the process's own CPU time, which the other work of a loaded machine does not stretch
+    assert cpu < 5 and took < 30, (cpu, took)
