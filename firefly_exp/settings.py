@@ -300,9 +300,6 @@ class FidelitySettings(Group):
     live: bool = False
 
 
-CASCADE_STEPS = ("exact", "state_aware", "retrieval")
-
-
 class SimulatorSettings(Group):
     cascade: list[Literal["exact", "state_aware", "retrieval"]] = Field(min_length=1)
     retrieval_threshold: float = Field(ge=0, le=1)

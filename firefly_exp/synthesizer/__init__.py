@@ -299,11 +299,11 @@ def make_programs(settings: SynthesizerSettings, tool_rows: dict[str, dict], ctx
 
         judge = TaskJudge(ctx.lm, tool_rows)
     if settings.determinism != "off":
-        servers = ctx.settings.servers
+        timeouts = ctx.settings.servers
 
         def live_check(ts: list[dict]) -> dict:
             return live.changed_fields(ts, ctx.specs, ctx.install_dir, ctx.sandbox_root / "determinism",
-                                       servers.call_timeout_s, servers.startup_timeout_s,
+                                       timeouts.call_timeout_s, timeouts.startup_timeout_s,
                                        ctx.settings.explorer.concurrency)
     return Programs(writer, judge, live_check)
 
