@@ -273,9 +273,12 @@ class ExplorerSettings(Group):
 
 
 class SynthesizerSettings(Group):
-    kind: Literal["template", "dspy"] = Field(description="who words the question: template or dspy (LM)")
+    kind: Literal["template", "recipe", "goal", "dspy"] = Field(
+        description="who words the question: template or recipe (steps and tools named), goal (a request in "
+                    "plain words) or dspy (LM)")
     tasks_per_trajectory: int = Field(ge=1, le=1000)
     max_fields: int = Field(ge=1, le=100)
+    min_fields: int = Field(ge=1, le=100, description="fewer picked: topped up from the answer calls' other leaves")
     max_value_len: int = Field(ge=1, le=100_000)
     include_partial: bool
     require_chain: bool

@@ -5,8 +5,11 @@ fields) and the answer values, taken from recorded outputs, so the label is corr
 construction. Field selection is always done here from recorded outputs; only the wording of the
 question may come from an LM:
 
-- ``template`` (offline default): the question is assembled from phrase templates, naming the
-  given arguments and saying which earlier result feeds which later argument (:mod:`.wording`);
+- ``template`` (offline default; the same as ``recipe``): the question is assembled from phrase
+  templates, naming the given arguments and saying which earlier result feeds which later argument
+  (:mod:`.wording`);
+- ``goal``: a request in plain words from the tools' descriptions, no tool, step or JSON path named,
+  passed values described, answer fields with meaningful names (:mod:`.goal`);
 - ``dspy``: the DSPy program ``programs.synthesizer.TaskWriter`` words the question with the
   configured LM (checked for leaked answers like the template's).
 
@@ -38,13 +41,34 @@ from ..settings import SynthesizerSettings, choices_in, resolve
 from ..simulator import Simulator, live
 from ..stage import RunContext, Stage, StageResult, with_lm_usage
 from ..store import code_version, read_jsonl, stable_hash, write_jsonl
-from . import fields, splits, verify, wording
+from . import fields, goal, splits, verify, wording
 # the names other modules and the tests import from firefly_exp.synthesizer, wherever they now live
 from .fields import (answer_spec, chain_depth, chain_passes, data_dependencies, field_group,  # noqa: F401
-                     pick_fields, renumber, task_variants, variant_groups, volatile_steps)
+                     pick_fields, renumber, task_variants, top_up, variant_groups, volatile_steps)
 from .verify import apply_determinism, dedup, judge_filter, remove_near_duplicates, verify_task
 from .wording import (ASK_FORMS, INTROS, SHAPE_INTROS, STEP_FORMS, TYPE_ASKS, describe_path,  # noqa: F401
                       field_description, path_key, path_text, template_question)
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How one ``synthesizer.kind`` words a task: the answer schema of the picked fields, the question
+    (None: the LM writer's) and a last check that rejects a question (``rejected.<check_reason>``)."""
+
+    spec: Callable                        # (picks, gold, tools) -> (fields, answer, provenance)
+    question: Callable | None             # (gold, tools, fields, rng) -> question
+    check: Callable | None = None         # (question, gold, tools, fields) -> True to reject
+    check_reason: str = ""
+
+
+def recipe_spec(picks: list, gold: list[dict], tools: dict) -> tuple[dict, dict, dict]:
+    """The recipe wording's answer schema (names from the path's last key, described by step and tool)."""
+    return answer_spec(picks, gold)
+
+
+WORDINGS = {"template": Wording(recipe_spec, template_question), "recipe": Wording(recipe_spec, template_question),
+            "dspy": Wording(recipe_spec, None),
+            "goal": Wording(goal.goal_spec, goal.goal_question, goal.structure_leak, "goal_structure_leak")}
 
 
 @dataclass(frozen=True)
@@ -189,23 +213,31 @@ class _TaskMaker:
         if s.field_groups > 1 and len(steps) == 1:   # the group-th max_fields distinct names, fixed shuffle
             def regroup(k: int, cands: list) -> list:
                 return field_group(cands, group, s.max_fields, rng_for(self.seed, "fields", dag_id, k))
-        picks = pick_fields(per_step, steps, {k: i for i, k in enumerate(keep)}, rng, s.max_fields, regroup)
-        spec, answer, provenance = answer_spec(picks, gold)
-        if s.kind == "dspy":
+        position = {k: i for i, k in enumerate(keep)}
+        picks = pick_fields(per_step, steps, position, rng, s.max_fields, regroup)
+        if len(picks) < min(s.min_fields, s.max_fields):   # never with min_fields 1: answer calls first
+            picks += top_up(per_step, steps + [k for k in reversed(keep) if k not in steps], position, picks, rng,
+                            min(s.min_fields, s.max_fields))
+        wording = WORDINGS[s.kind]
+        spec, answer, provenance = wording.spec(picks, gold, self.tools)
+        if wording.question is None:
             question = self.writer(gold, self.tools, spec)
         else:
-            question = template_question(gold, self.tools, spec, rng)
+            question = wording.question(gold, self.tools, spec, rng)
         for name in [n for n, v in answer.items() if _leaks(v, question)]:
             spec.pop(name), answer.pop(name), provenance.pop(name)
             self.rejected["field_leaked_in_question"] += 1
         if not answer:
             self.rejected["all_fields_leaked"] += 1
             return None
-        if s.kind != "dspy":   # worded again for the fields left, with the same draws
-            question = template_question(gold, self.tools, spec, rng_for(self.seed, "synth", dag_id, v_index))
+        if wording.question is not None:   # worded again for the fields left, with the same draws
+            question = wording.question(gold, self.tools, spec, rng_for(self.seed, "synth", dag_id, v_index))
         passes = chain_passes(gold)
         if s.require_chain and len(gold) > 1 and any(_leaks(v, question, strict=True) for *_, v in passes):
             self.rejected["intermediate_leaked_in_question"] += 1   # the chain could be skipped
+            return None
+        if wording.check is not None and wording.check(question, gold, self.tools, spec):
+            self.rejected[wording.check_reason] += 1
             return None
         return self.task_record(dag_id, gold, question, (spec, answer, provenance), passes)
 
@@ -342,4 +374,4 @@ def _params(settings: SynthesizerSettings, ctx: RunContext) -> dict:
 
 STAGE = Stage("synthesizer", run, load, inputs=("explorer", "simulator", "servers", "probe"),
               artifacts=("tasks.jsonl",), params=_params,
-              code=(sys.modules[__name__], wording, fields, verify, splits, answers, live, embeddings))
+              code=(sys.modules[__name__], wording, goal, fields, verify, splits, answers, live, embeddings))

@@ -175,7 +175,7 @@ def pick_fields(per_step: list[list[tuple[str, Any]]], steps: list[int], positio
                 max_fields: int, regroup: Callable[[int, list], list] | None = None) -> list[tuple[int, str, Any]]:
     """(chain position, path, value) of the answer fields: per answer step, in order, a share of the
     ``max_fields`` left, distinct names only, from its candidates shuffled by ``rng`` (or, with
-    ``regroup(step, candidates)``, from one field group of them)."""
+    ``regroup(step, candidates)``, from one field group of them). :func:`top_up` may add more."""
     picks: list[tuple[int, str, Any]] = []
     for k in steps:
         cands = list(per_step[k])
@@ -194,6 +194,29 @@ def pick_fields(per_step: list[list[tuple[str, Any]]], steps: list[int], positio
             if len(names_here) >= quota:
                 break
     return picks
+
+
+def top_up(per_step: list[list[tuple[str, Any]]], steps: list[int], position: dict[int, int],
+           picks: list[tuple[int, str, Any]], rng, target: int) -> list[tuple[int, str, Any]]:
+    """More fields for a task asking for fewer than ``target`` (``synthesizer.min_fields``): the leaves
+    not picked yet of ``steps`` (the answer calls, then the other calls of the chain), a name picked
+    again at another place too (the third table's name beside the first's: names that carry the
+    place, as the goal wording's do), in step order, each step's shuffled by ``rng``.
+
+    >>> import random
+    >>> per_step = [[("0.name", "a"), ("1.name", "b"), ("2.name", "c")]]
+    >>> sorted(top_up(per_step, [0], {0: 0}, [(0, "0.name", "a")], random.Random(0), 3))
+    [(0, '1.name', 'b'), (0, '2.name', 'c')]
+    """
+    have = {(k, path) for k, path, _ in picks}
+    extra: list[tuple[int, str, Any]] = []
+    for k in steps:
+        # a path through a key that is a file name ("/a/b.txt.size") cannot be followed back: its dot
+        cands = [(p, v) for p, v in per_step[k] if (position[k], p) not in have and "/" not in p]
+        rng.shuffle(cands)
+        for path, value in cands[:max(0, target - len(picks) - len(extra))]:
+            extra.append((position[k], path, value))
+    return extra
 
 
 def answer_spec(picks: list[tuple[int, str, Any]], gold: list[dict]) -> tuple[dict, dict, dict]:
