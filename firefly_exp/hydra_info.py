@@ -20,9 +20,16 @@ def output_dir() -> str | None:
 
 
 def overrides() -> list[str]:
-    """The command-line overrides of this job (a sweep job's own values), as Hydra recorded them."""
+    """The command-line overrides of this job (a sweep job's own values), as Hydra recorded them, a
+    secret's value masked (``lm.api_key=***``: see :func:`firefly_exp.settings.redacted`)."""
+    from .settings import redacted
+
     hc = _config()
-    return list(hc.overrides.task) if hc else []
+    out = []
+    for o in (list(hc.overrides.task) if hc else []):
+        key, eq, value = o.partition("=")
+        out.append(f"{key}={redacted({key.rsplit('.', 1)[-1]: value})[key.rsplit('.', 1)[-1]]}" if eq else o)
+    return out
 
 
 def sweep() -> dict | None:

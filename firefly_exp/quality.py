@@ -111,7 +111,9 @@ STEP_PATTERNS = (
     re.compile(rf"\bsteps?\s*(?:\d+|{_NUMBER_WORDS})\b", re.I),                       # Step 1, step two
     re.compile(rf"\b{_ORDINALS}\s+step\b", re.I),                                     # the first step
     re.compile(r"(?:^|[.!?:;]\s+|\n\s*)\(?\d{1,2}[.)]\s+[A-Za-z]"),                   # 1. Run ... / 2) Read
-    re.compile(r"\b(?:first|then|next|finally|afterwards|after that)\s*,?\s+(?:call|invoke|execute|run)\b", re.I),
+    # "then call X": an instruction to call; "Next, execute a SELECT query" is not one (execute and run are
+    # what a user asks of a database or a script, in the tools' own descriptions)
+    re.compile(r"\b(?:first|then|next|finally|afterwards|after that)\s*,?\s+(?:call|invoke)\b", re.I),
 )
 
 
@@ -125,6 +127,8 @@ def step_structure(question: str) -> bool:
     >>> step_structure("First call the converter, then call the calculator.")
     True
     >>> step_structure("Convert 250 cups to liters, then report how many rows the first table holds.")
+    False
+    >>> step_structure("Create a table of reviews. Next, execute a SELECT query on the database.")
     False
     >>> step_structure("It costs 2.50 dollars. What is 3 + 1.5 in total?")
     False
