@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import PROJECT_ROOT, explorer, synthesizer
+from . import PROJECT_ROOT, answers, explorer, synthesizer
 from .settings import resolve
 from .store import read_jsonl, write_jsonl
 
@@ -199,10 +199,11 @@ class SynthesisJob:
     writer: Any = None
     judge: Any = None
     live_check: Any = None
+    constants: dict | None = None      # answers.constant_paths over all the calls (a worker sees its share)
 
     @property
     def recorded(self) -> "synthesizer.Recorded":
-        return synthesizer.Recorded(self.trajectories, self.calls, self.tools)
+        return synthesizer.Recorded(self.trajectories, self.calls, self.tools, self.constants)
 
 
 def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
@@ -212,6 +213,8 @@ def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
     if executor.workers < 2:
         return synthesizer.synthesize_tasks(job.recorded, job.simulator, job.settings, job.seed, out_dir, programs)
     synthesizer.check_options(job.settings, programs)
+    if job.settings.informative:   # a tool's constant result paths are a fact of the whole exploration
+        job = dataclasses.replace(job, constants=answers.constant_paths(job.calls))
     n = min(executor.workers, max(len(job.trajectories), 1))
     size = -(-len(job.trajectories) // n)
     jobs = [(_chunk(job, job.trajectories[i * size:(i + 1) * size]),) for i in range(n)]
