@@ -198,7 +198,8 @@ def param_text(name: str, row: dict) -> str:
     """What is embedded for parameter ``name`` of tool ``row``: its name, its description (or title)
     and the tool's description.
 
-    >>> row = {"description": "Creates a branch", "input_schema": '{"properties": {"branch_name": {"title": "Branch Name"}}}'}
+    >>> row = {"description": "Creates a branch",
+    ...        "input_schema": '{"properties": {"branch_name": {"title": "Branch Name"}}}'}
     >>> param_text("branch_name", row), param_text("repo", row)
     ('branch name: Branch Name. Creates a branch', 'repo: Creates a branch')
     """

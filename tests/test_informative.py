@@ -17,7 +17,8 @@ import yaml
 
 from firefly_exp import PROJECT_ROOT, synthesizer
 from firefly_exp.answers import Informative, answer_fields, confirmation, constant_paths, echoes
-from firefly_exp.explorer import Exploration, HeuristicProposer, NodeContext, explore, load_trajectories, settings_from_yaml
+from firefly_exp.explorer import (Exploration, HeuristicProposer, NodeContext, explore, load_trajectories,
+                                  settings_from_yaml)
 from firefly_exp.explorer.runtime import _known_inputs
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.settings import SynthesizerSettings
@@ -47,7 +48,8 @@ def test_a_write_confirmation_is_an_answer_only_without_the_rules():
     assert answer_fields(call, False, rules=WRITE, dropped=dropped) == []
     assert dropped == {"write_confirmation": 1}
     branch = _call("git/git_create_branch", {"branch_name": "feature"}, "Created branch 'feature' from 'main'")
-    updated = _call("sqlite/write_query", {"query": "UPDATE t SET a = 1"}, {"message": "Updated 1 row", "rowsAffected": 1})
+    updated = _call("sqlite/write_query", {"query": "UPDATE t SET a = 1"},
+                    {"message": "Updated 1 row", "rowsAffected": 1})
     assert [answer_fields(c, False, rules=WRITE) for c in (branch, updated)] == [[], []]
 
 
@@ -108,9 +110,10 @@ def _synth_settings(**overrides) -> SynthesizerSettings:
     return SynthesizerSettings(**{**conf, "near_duplicate_threshold": None, **overrides})
 
 
-def _write_then_read() -> tuple[synthesizer.Recorded, Simulator]:
+def _write_then_read(seeded_rows: int = 40) -> tuple[synthesizer.Recorded, Simulator]:
     """add_row (a write, its result a confirmation), then count_rows and list_files (reads): the count
-    reads the state the write changed, the listing another server's."""
+    reads the state the write changed, the listing another server's. Another DAG counted
+    ``seeded_rows`` on the seeded state (what shows whether the write made a difference)."""
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     empty = {"type": "object", "properties": {}}
     rows = [{"tool": "db/add_row", "server": "db", "read_only": False, "input_schema": json.dumps(schema),
@@ -126,8 +129,9 @@ def _write_then_read() -> tuple[synthesizer.Recorded, Simulator]:
              _call("fs/list_files", {}, {"files": 17}, after, episode="e", seq=2, step=2, mutating=False)]
     trajectories = [{"episode": "e", "dag_id": "dag-0", "status": "complete",
                      "steps": [{"node": f"{c['server']}/{c['tool']}", "seq": c["seq"]} for c in calls]}]
+    seeded = _call("db/count_rows", {}, {"rows": seeded_rows}, episode="other", seq=0, step=0, mutating=False)
     tools = {r["tool"]: r for r in rows}
-    return synthesizer.Recorded(trajectories, calls, tools), Simulator.from_calls(calls, pl.DataFrame(rows))
+    return synthesizer.Recorded(trajectories, calls, tools), Simulator.from_calls(calls + [seeded], pl.DataFrame(rows))
 
 
 def test_after_a_write_the_answer_comes_from_the_read_that_observes_it():
@@ -145,6 +149,14 @@ def test_after_a_write_the_answer_comes_from_the_read_that_observes_it():
     assert first["provenance"]["rows"]["tool"] == "db/count_rows"
     assert all("Successfully" not in str(v) for t in found.tasks for v in t["answer"].values())
     assert found.rejected["field_write_confirmation"] == 1
+
+
+def test_a_read_the_write_left_alike_does_not_make_the_write_part_of_a_task():
+    """Counted 41 rows on the seeded state too: the add changed nothing the count shows, so a task
+    "add a row, then count" would need no add; without a data dependency there is no task."""
+    recorded, sim = _write_then_read(seeded_rows=41)
+    found = synthesizer.candidate_tasks(recorded, sim, _synth_settings(informative=True), 0)
+    assert found.tasks == [] and found.rejected["no_chain_dependency"] == 1
 
 
 def test_the_constants_a_worker_is_given_are_the_ones_used():

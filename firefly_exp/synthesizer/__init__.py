@@ -13,8 +13,8 @@ question may come from an LM:
 With ``informative`` (off by default), an answer field must carry information
 (:mod:`firefly_exp.answers`: no error text, write confirmation, echo of an argument of the chain, or
 value its tool returns whatever it is asked), a state-changing call's own result is never one, and a
-later read of the state it changed (:func:`.fields.state_reads`) is the preferred answer call, the
-write part of its chain.
+later read whose result the write changed (:func:`.fields.state_reads`; it differs from the same call
+on the seeded state) is the preferred answer call, the write part of its chain.
 
 Verification keeps a task only if (1) every answer value is found at its provenance (call, path)
 in a recorded output, (2) its gold chain replays in the simulator to identical outputs and the
@@ -152,7 +152,8 @@ class _TaskMaker:
         if not informative:
             self.rejected["no_answerable_output"] += 1
             return []
-        observes = state_reads(gold_full, self.tools, self.simulator.scope) if s.informative else None
+        observes = (state_reads(gold_full, self.tools, self.simulator.scope, self.shows_change)
+                    if s.informative else None)
         variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call, observes)
         if any(tainted) and variants:
             variants = self.stable_variants(variants, tainted, gold_full, informative, observes)
@@ -203,6 +204,15 @@ class _TaskMaker:
             out.append(cands)
         self.rejected.update({f"field_{reason}": n for reason, n in dropped.items()})
         return out
+
+    def shows_change(self, call: dict) -> bool:
+        """Whether a read shows what earlier writes did: the simulator holds the same call on the
+        seeded state, and with another result (a read the writes left alike, or one never recorded
+        there, would make them a needless part of the chain)."""
+        seeded = self.simulator.episode().step(call["server"], call["tool"], call["arguments"])
+        return seeded["hit"] in ("exact", "state_aware") and (
+            seeded["content"], seeded.get("structured"), seeded["is_error"]) != (
+            call["content"], call.get("structured"), call["is_error"])
 
     def stable_variants(self, variants: list, tainted: list[bool], gold_full: list[dict],
                         informative: list[int], observes: list[set[int]] | None = None) -> list:

@@ -66,25 +66,29 @@ def _ancestors(direct: list[set[int]]) -> list[set[int]]:
     return anc
 
 
-def state_reads(gold: list[dict], tools: dict, scope: Callable[[str], str]) -> list[set[int]]:
+def state_reads(gold: list[dict], tools: dict, scope: Callable[[str], str],
+                changed: Callable[[dict], bool] = lambda call: True) -> list[set[int]]:
     """Per call (by position), the successful state-changing calls before it in its state scope
-    (``scope``: server -> scope) when it is a successful read-only call: the writes whose effect it
-    observes (add a row, then count the rows), which a task may ask about instead of the write's
-    confirmation (``synthesizer.informative``).
+    (``scope``: server -> scope) when it is a successful read-only call whose result the writes
+    ``changed`` (it differs from what the same call returned on the seeded state): the writes whose
+    effect it observes (add a row, then count the rows), which a task may ask about instead of the
+    write's confirmation (``synthesizer.informative``).
 
     >>> tools = {"db/add": {"read_only": False}, "db/count": {"read_only": True}, "fs/ls": {"read_only": True}}
     >>> call = lambda t: {"server": t.split("/")[0], "tool": t.split("/")[1], "is_error": False}
     >>> state_reads([call("db/count"), call("db/add"), call("fs/ls"), call("db/count")], tools, lambda s: s)
     [set(), set(), set(), {1}]
+    >>> state_reads([call("db/add"), call("db/count")], tools, lambda s: s, changed=lambda c: False)
+    [set(), set()]
     """
     def row(c: dict) -> dict:
         return tools[f"{c['server']}/{c['tool']}"]
 
     out: list[set[int]] = []
     for i, c in enumerate(gold):
-        reads = row(c)["read_only"] and not c["is_error"]
-        out.append({j for j in range(i) if reads and not gold[j]["is_error"] and not row(gold[j])["read_only"]
-                    and scope(gold[j]["server"]) == scope(c["server"])})
+        writes = {j for j in range(i) if not gold[j]["is_error"] and not row(gold[j])["read_only"]
+                  and scope(gold[j]["server"]) == scope(c["server"])}
+        out.append(writes if writes and row(c)["read_only"] and not c["is_error"] and changed(c) else set())
     return out
 
 
