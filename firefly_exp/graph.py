@@ -13,6 +13,11 @@ Evidence per ordered pair, each a config choice with a weight (``conf/graph``):
 - ``observed``: pairs along which an earlier exploration (``graph.observed_from``) really passed a
   value are confirmed (confidence high, the mapping it used).
 
+With ``coherence_threshold`` set, a flow mapping (field F of A -> parameter P of B) is kept only when F
+and P mean the same kind of thing: the MiniLM cosine of "F's key: A's description" and "P's name: P's
+description. B's description" (:func:`coherence`) reaches the threshold; name and type alone would pass
+a table's column name into a git branch name.
+
 Scoring is vectorised: every distinct output field and input parameter becomes a key, the key-pair
 score matrix is built from sparse token matrices, and the tool-pair flow score is a max-reduction of
 it, computed in row blocks together with the similarity and a top-k per source (``argpartition``).
@@ -172,6 +177,73 @@ def confidence_level(score: float, thresholds: GraphThresholds) -> str | None:
 def tool_text(row: dict) -> str:
     """What is embedded per tool (one text per tool, so 10,000 tools are 10,000 texts)."""
     return f"{row['name'].replace('_', ' ')}: {row['description']}"
+
+
+def _words(key: str) -> str:
+    """A field or parameter key as words: ``tableName`` / ``table_name`` -> ``table name``."""
+    return " ".join(sorted(_tokens(key), key=lambda t: key.lower().find(t))) or key
+
+
+def field_text(path: str, row: dict) -> str:
+    """What is embedded for output field ``path`` of tool ``row``: its key and the tool's description.
+
+    >>> field_text("rows.0.tableName", {"description": "List all tables"})
+    'table name: List all tables'
+    """
+    key = "result" if path in ("*", "") else path.split(".")[-1]
+    return f"{_words(key)}: {row['description']}"
+
+
+def param_text(name: str, row: dict) -> str:
+    """What is embedded for parameter ``name`` of tool ``row``: its name, its description (or title)
+    and the tool's description.
+
+    >>> row = {"description": "Creates a branch",
+    ...        "input_schema": '{"properties": {"branch_name": {"title": "Branch Name"}}}'}
+    >>> param_text("branch_name", row), param_text("repo", row)
+    ('branch name: Branch Name. Creates a branch', 'repo: Creates a branch')
+    """
+    prop = (json.loads(row["input_schema"]).get("properties") or {}).get(name)
+    about = (prop if isinstance(prop, dict) else {}).get("description") or (prop or {}).get("title")
+    return f"{_words(name)}: {about}. {row['description']}" if about else f"{_words(name)}: {row['description']}"
+
+
+def coherence(candidates: list[dict], rows: list[dict], settings: GraphSettings,
+              cache_dir: Path | None = None) -> dict[tuple[str, str, str], float]:
+    """(source, target, parameter) -> cosine of :func:`field_text` of the mapped field and
+    :func:`param_text` of the parameter, for every mapping of ``candidates``; each distinct text is
+    embedded once, in one batch (the offline MiniLM model of ``embeddings.py``)."""
+    from .embeddings import embed
+
+    by_tool = {r["tool"]: r for r in rows}
+    pairs = [(e["source"], e["target"], p, field_text(path, by_tool[e["source"]]), param_text(p, by_tool[e["target"]]))
+             for e in candidates for p, path in sorted(e["mapping"].items())]
+    texts = sorted({t for *_, a, b in pairs for t in (a, b)})
+    emb = settings.embedding
+    vecs = embed(texts, batch_size=emb.batch_size, max_seq_length=emb.max_seq_length, quantize=emb.quantize,
+                 cache_dir=cache_dir)
+    index = {t: i for i, t in enumerate(texts)}
+    return {(src, tgt, p): round(float(vecs[index[a]] @ vecs[index[b]]), 4) for src, tgt, p, a, b in pairs}
+
+
+def _drop_incoherent(candidates: list[dict], rows: list[dict], settings: GraphSettings,
+                     cache_dir: Path | None) -> tuple[list[dict], int, int]:
+    """With ``coherence_threshold`` set, the flow mappings whose :func:`coherence` is below it go, and
+    an edge whose mapping they emptied goes too. Returns (kept, mappings dropped, edges dropped)."""
+    threshold = settings.coherence_threshold
+    if threshold is None:
+        return candidates, 0, 0
+    cosine = coherence(candidates, rows, settings, cache_dir)
+    kept, n_maps, n_edges = [], 0, 0
+    for e in candidates:
+        mapping = {p: path for p, path in e["mapping"].items() if cosine[(e["source"], e["target"], p)] >= threshold}
+        n_maps += len(e["mapping"]) - len(mapping)
+        if e["mapping"] and not mapping:
+            n_edges += 1
+            continue
+        e["mapping"] = mapping
+        kept.append(e)
+    return kept, n_maps, n_edges
 
 
 def _output_schema(row: dict, inferred: dict) -> dict | None:
@@ -369,6 +441,7 @@ def build_graph(tools: pl.DataFrame, settings: GraphSettings, out_dir: Path, inp
     known = {r["tool"] for r in rows}
     inferred = _inferred_schemas(rows, settings, inputs, out_dir)
     candidates = score_pairs(rows, settings, inferred, inputs.cache_dir)
+    candidates, n_incoherent, n_incoherent_edges = _drop_incoherent(candidates, rows, settings, inputs.cache_dir)
     for e in candidates:
         e["cheap_confidence"] = e["confidence"]
     candidates, judged, agreement = _judge(candidates, rows, settings, inputs)
@@ -388,6 +461,8 @@ def build_graph(tools: pl.DataFrame, settings: GraphSettings, out_dir: Path, inp
                     "probe_failed_tools": None if answered is None else len(rows) - len(answered & known),
                     "inferred_schemas": len(inferred),
                     **{f"agreement.{k}": v for k, v in agreement.items()}})
+    if settings.coherence_threshold is not None:
+        metrics.update(incoherent_mappings_dropped=n_incoherent, incoherent_edges_dropped=n_incoherent_edges)
     write_json_atomic(out_dir / "report.json", metrics)
     return metrics
 

@@ -150,3 +150,16 @@ def field_name(path: str, taken: set[str] | None = None) -> str:
     while taken is not None and name in taken:
         name, i = f"{base}_{i}", i + 1
     return name
+
+
+_ERROR_OPENING = re.compile(r"^\W*(?:[\w-]+\s+){0,2}(?:error|exception|traceback)\b|^\W*(?:failed to|invalid)\b",
+                            re.IGNORECASE)
+
+
+def looks_like_error(text: str) -> bool:
+    """A result whose text opens like an error message.
+
+    >>> [looks_like_error(t) for t in ("Error: Only SELECT", "Database error: near", "3 rows", "No errors found")]
+    [True, True, False, False]
+    """
+    return bool(_ERROR_OPENING.match(text.strip()))

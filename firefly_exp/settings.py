@@ -206,6 +206,9 @@ class GraphSettings(Group):
     probe: bool = True
     infer_schemas: bool = True
     drop_echoes: bool = True
+    coherence_threshold: Optional[float] = Field(ge=-1, le=1, description=(
+        "drop a flow mapping F -> P whose MiniLM cosine (F's key + A's description vs P's name and "
+        "description + B's description) is below this; null = off"))
     lm_judge: LMJudgeSettings
 
 
@@ -265,6 +268,8 @@ class ExplorerSettings(Group):
     warm_all: bool = runtime(False)
     seed_mtime: Optional[float] = Field(None, description="the seeded files' mtime (None: sandbox.SEED_MTIME; "
                                                           "the probe's repeat shifts it)")
+    verify_writes: bool = Field(description="after a DAG whose last write on a server has no later read of it, "
+                                            "call one read-only tool of that server whose inputs are known")
 
     @field_validator("proposer")
     @classmethod
@@ -291,6 +296,8 @@ class SynthesizerSettings(Group):
     determinism: Literal["off", "exclude", "drop"] = "off"
     judge_min_score: int = Field(ge=1, le=5)
     judge: bool = True
+    informative: bool = Field(description="answer fields carry information: no error text, write confirmation, "
+                                          "echo or constant value, no write's own result; a later read is the answer")
 
     @field_validator("split")
     @classmethod

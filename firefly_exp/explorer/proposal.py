@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..results import get_path, leaves
+from ..results import get_path, leaves, looks_like_error  # noqa: F401 - looks_like_error: re-exported
 
 #: what a bare ``explorer.proposer`` name may pick (and, by dotted path, the LM proposer)
 CHOICES = ("heuristic", "programs.explorer.dspy_proposer")
@@ -292,19 +292,6 @@ class HeuristicProposer:
         args = {n: chosen[n][i][0] for n, i in picks.items()}
         sources = {n: chosen[n][i][1] for n, i in picks.items()}
         return args, sources
-
-
-_ERROR_OPENING = re.compile(r"^\W*(?:[\w-]+\s+){0,2}(?:error|exception|traceback)\b|^\W*(?:failed to|invalid)\b",
-                            re.IGNORECASE)
-
-
-def looks_like_error(text: str) -> bool:
-    """A result whose text opens like an error message.
-
-    >>> [looks_like_error(t) for t in ("Error: Only SELECT", "Database error: near", "3 rows", "No errors found")]
-    [True, True, False, False]
-    """
-    return bool(_ERROR_OPENING.match(text.strip()))
 
 
 def heuristic(settings, ctx) -> HeuristicProposer:

@@ -1,10 +1,12 @@
 """Running DAGs on the live servers: sandbox slots, server pools, one DAG attempt, a whole exploration.
 
-Nodes run in topological order. Each DAG starts from the seeded sandbox: with ``warm_stateful`` it
-takes one of ``concurrency`` sandbox slots, restored in place after every DAG, whose stateful server
-processes stay up as their catalog ``reset`` allows (``files``: always; ``restart``: until a DAG calls
-a state-changing tool; ``always``: never); otherwise a fresh copy and fresh processes per DAG.
-Stateless servers stay up in a shared pool.
+Nodes run in topological order; with ``verify_writes``, a DAG whose last write on a server no later
+call read gets one read-only call of that server appended (:func:`_verify_write`). Each DAG starts
+from the seeded sandbox: with ``warm_stateful`` it takes one of ``concurrency`` sandbox slots,
+restored in place after every DAG, whose stateful server processes stay up as their catalog
+``reset`` allows (``files``: always; ``restart``: until a DAG calls a state-changing tool;
+``always``: never); otherwise a fresh copy and fresh processes per DAG. Stateless servers stay up
+in a shared pool.
 
 A crashed server, or a hung one (a call timed out and a ping gets no answer), is restarted and the
 DAG rerun from its seeded sandbox, up to ``dag_retries`` times; after that the DAG is recorded
@@ -30,12 +32,12 @@ import polars as pl
 from tqdm import tqdm
 
 from ..mcp_client import ServerHandle, ServerStartError
-from ..results import result_text, value_of
+from ..results import looks_like_error, result_text, value_of
 from ..seeding import rng_for
 from ..sandbox import copy_sandbox, restore_sandbox, seed_sandbox, snapshot
 from ..simulator import SEED_STATE, canonical_args, next_fingerprint
 from ..store import JsonlWriter, read_jsonl
-from .proposal import NodeContext, Proposer, looks_like_error
+from .proposal import HeuristicProposer, NodeContext, Proposer
 from .records import exploration_metrics, new_trajectory, timed_out, write_ordered
 
 if TYPE_CHECKING:
@@ -250,6 +252,59 @@ async def _run_nodes(a: _Attempt, s: _Session) -> None:
                              "value": value_of(success)})
         a.record["steps"].append({"node": node, "seq": success["seq"]})
     a.record.update(status="complete", reason=None)
+    if s.settings.verify_writes:
+        await _verify_write(a, s, observations)
+
+
+def _unverified_write(a: _Attempt, s: _Session) -> str | None:
+    """The server of the attempt's last successful state-changing call, when no successful read-only
+    call of that server came after it; else None."""
+    server = None
+    for st in a.record["steps"]:
+        row = s.tools[st["node"]]
+        if not row["read_only"]:
+            server = row["server"]
+        elif row["server"] == server:
+            server = None
+    return server
+
+
+def _known_inputs(ctx: NodeContext) -> bool:
+    """Whether every required parameter of the context's tool has a value known to fit: from the
+    catalog's hints, an earlier result or the schema, not a type default."""
+    schema = ctx.tool["input_schema"]
+    props = schema.get("properties") or {}
+    return all(any(src != "type_default" for _, src in HeuristicProposer().candidates(
+        name, props[name] if isinstance(props.get(name), dict) else {}, True, ctx))
+        for name in schema.get("required") or [])
+
+
+async def _verify_write(a: _Attempt, s: _Session, observations: list[dict]) -> None:
+    """``explorer.verify_writes``: after a DAG whose last write on a server no later call read, call one
+    read-only, non-volatile tool of that server whose inputs are known (:func:`_known_inputs`), picked
+    with ``rng_for(seed, "verify", dag id)``, so that a task can ask about the state the write left
+    (add a row, then count the rows). Recorded like any other call, its step marked ``verify``; the
+    DAG stays complete whether or not it succeeds."""
+    server = _unverified_write(a, s)
+    if server is None:
+        return
+    spec, step = s.run.specs[server], len(a.dag["nodes"])
+
+    def context(row: dict) -> NodeContext:
+        return NodeContext(a.dag, step, row, dict(spec.get("hints") or {}), observations, [],
+                           rng_for(s.run.seed, "verify", a.dag["id"], row["tool"]), s.settings.include_optional_prob,
+                           frozenset(spec.get("always_fill") or ()))
+
+    reads = [row for _, row in sorted(s.tools.items()) if row["server"] == server and row["read_only"]
+             and not row["volatile"] and _known_inputs(context(row))]
+    if not reads:
+        return
+    row = rng_for(s.run.seed, "verify", a.dag["id"]).choice(reads)
+    success, _ = await _run_node(a, context(row), s)
+    if success is not None:
+        observations.append({"step": step, "tool": row["tool"], "arguments": success["arguments"],
+                             "value": value_of(success)})
+        a.record["steps"].append({"node": row["tool"], "seq": success["seq"], "verify": True})
 
 
 async def _run_node(a: _Attempt, ctx: NodeContext, s: _Session) -> tuple[dict | None, str | None]:

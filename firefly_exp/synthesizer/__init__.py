@@ -13,6 +13,12 @@ question may come from an LM:
 - ``dspy``: the DSPy program ``programs.synthesizer.TaskWriter`` words the question with the
   configured LM (checked for leaked answers like the template's).
 
+With ``informative`` (off by default), an answer field must carry information
+(:mod:`firefly_exp.answers`: no error text, write confirmation, echo of an argument of the chain, or
+value its tool returns whatever it is asked), a state-changing call's own result is never one, and a
+later read whose result the write changed (:func:`.fields.state_reads`; it differs from the same call
+on the seeded state) is the preferred answer call, the write part of its chain.
+
 Verification keeps a task only if (1) every answer value is found at its provenance (call, path)
 in a recorded output, (2) its gold chain replays in the simulator to identical outputs and the
 answer read from the replay equals the label, (3) it is not a duplicate (same wording and answer,
@@ -44,7 +50,7 @@ from ..store import code_version, read_jsonl, stable_hash, write_jsonl
 from . import fields, goal, splits, verify, wording
 # the names other modules and the tests import from firefly_exp.synthesizer, wherever they now live
 from .fields import (answer_spec, chain_depth, chain_passes, data_dependencies, field_group,  # noqa: F401
-                     pick_fields, renumber, task_variants, top_up, variant_groups, volatile_steps)
+                     pick_fields, renumber, state_reads, task_variants, top_up, variant_groups, volatile_steps)
 from .verify import apply_determinism, dedup, judge_filter, remove_near_duplicates, verify_task
 from .wording import (ASK_FORMS, INTROS, SHAPE_INTROS, STEP_FORMS, TYPE_ASKS, describe_path,  # noqa: F401
                       field_description, path_key, path_text, template_question)
@@ -79,6 +85,9 @@ class Recorded:
     trajectories: list[dict]
     calls: list[dict]
     tools: dict[str, dict]
+    # per tool, the result paths constant over the whole exploration (answers.constant_paths): computed
+    # from ``calls`` when None, given when ``calls`` are a worker's share of them
+    constants: dict[str, frozenset] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,10 @@ def candidate_tasks(recorded: Recorded, simulator: Simulator, settings: Synthesi
     so trajectories can be split across workers and the results concatenated in order
     (``executor=ray``); :func:`finish_tasks` then does what needs them all."""
     by_seq = {(c["episode"], c["seq"]): c for c in recorded.calls}
-    maker = _TaskMaker(recorded.tools, simulator, settings, seed, writer)
+    constants = recorded.constants
+    if constants is None:
+        constants = answers.constant_paths(recorded.calls) if settings.informative else {}
+    maker = _TaskMaker(recorded.tools, simulator, settings, seed, writer, constants)
     tasks: list[dict] = []
     for traj in recorded.trajectories:
         if not traj["steps"] or (traj["status"] != "complete" and not settings.include_partial):
@@ -152,24 +164,23 @@ class _TaskMaker:
     settings: SynthesizerSettings
     seed: int
     writer: Callable | None = None
+    constants: dict[str, frozenset] = field(default_factory=dict)   # answers.constant_paths (informative)
     rejected: Counter = field(default_factory=Counter)
 
     def trajectory_tasks(self, dag_id: str, gold_full: list[dict]) -> list[dict]:
         """The verified tasks of one trajectory (its recorded calls ``gold_full``), best variant first."""
         s = self.settings
         tainted = volatile_steps(gold_full, self.tools)
-        # echoes of an argument would be read off the question: not answer material (a volatile call's
-        # arguments are never in a question, and would make the choice differ from run to run)
-        given = json.dumps([c["arguments"] for k, c in enumerate(gold_full) if not tainted[k]],
-                           ensure_ascii=False, default=str)
-        per_step = [answer_fields(call, tainted[k], s.max_value_len, given) for k, call in enumerate(gold_full)]
+        per_step = self.answer_candidates(gold_full, tainted)
         informative = [k for k, c in enumerate(per_step) if c]
         if not informative:
             self.rejected["no_answerable_output"] += 1
             return []
-        variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call)
+        observes = (state_reads(gold_full, self.tools, self.simulator.scope, self.shows_change)
+                    if s.informative else None)
+        variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call, observes)
         if any(tainted) and variants:
-            variants = self.stable_variants(variants, tainted, gold_full, informative)
+            variants = self.stable_variants(variants, tainted, gold_full, informative, observes)
             if not variants:
                 self.rejected["volatile_chain"] += 1
                 return []
@@ -190,14 +201,51 @@ class _TaskMaker:
             tasks.append(task)
         return tasks
 
+    def answer_candidates(self, gold_full: list[dict], tainted: list[bool]) -> list[list[tuple[str, Any]]]:
+        """Per call, the (path, value) leaves that can be answer fields (:func:`answers.answer_fields`).
+
+        With ``informative``, only informative leaves (no error text, write confirmation, echo, or
+        value constant for its tool over the exploration), and none from a state-changing call: its
+        result confirms the write; a later read of that state is the answer (:func:`state_reads`).
+        What is left out is counted in ``rejected`` as ``field_<reason>``."""
+        s = self.settings
+        # echoes of an argument would be read off the question: not answer material (a volatile call's
+        # arguments are never in a question, and would make the choice differ from run to run)
+        given = json.dumps([c["arguments"] for k, c in enumerate(gold_full) if not tainted[k]],
+                           ensure_ascii=False, default=str)
+        if not s.informative:
+            return [answer_fields(call, tainted[k], s.max_value_len, given) for k, call in enumerate(gold_full)]
+        dropped: Counter = Counter()
+        out = []
+        for k, call in enumerate(gold_full):
+            tool = f"{call['server']}/{call['tool']}"
+            row = self.tools[tool]
+            rules = answers.Informative(row["read_only"], self.constants.get(tool, frozenset()))
+            cands = answer_fields(call, tainted[k], s.max_value_len, given, rules, dropped)
+            if cands and not row["read_only"]:
+                dropped["write_result"] += len(cands)
+                cands = []
+            out.append(cands)
+        self.rejected.update({f"field_{reason}": n for reason, n in dropped.items()})
+        return out
+
+    def shows_change(self, call: dict) -> bool:
+        """Whether a read shows what earlier writes did: the simulator holds the same call on the
+        seeded state, and with another result (a read the writes left alike, or one never recorded
+        there, would make them a needless part of the chain)."""
+        seeded = self.simulator.episode().step(call["server"], call["tool"], call["arguments"])
+        return seeded["hit"] in ("exact", "state_aware") and (
+            seeded["content"], seeded.get("structured"), seeded["is_error"]) != (
+            call["content"], call.get("structured"), call["is_error"])
+
     def stable_variants(self, variants: list, tainted: list[bool], gold_full: list[dict],
-                        informative: list[int]) -> list:
+                        informative: list[int], observes: list[set[int]] | None = None) -> list:
         """The variants whose gold chain holds no volatile call (its arguments and results would differ
         in the next run), falling back to one-call variants as ``single_call: fallback`` allows."""
         s = self.settings
         kept = [v for v in variants if not any(tainted[j] for j in v[1])]
         if not kept and s.single_call == "fallback":
-            kept = [v for v in task_variants(gold_full, informative, self.tools, s.require_chain, "always")
+            kept = [v for v in task_variants(gold_full, informative, self.tools, s.require_chain, "always", observes)
                     if not any(tainted[j] for j in v[1])]
         return kept
 

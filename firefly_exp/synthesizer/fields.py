@@ -66,15 +66,43 @@ def _ancestors(direct: list[set[int]]) -> list[set[int]]:
     return anc
 
 
+def state_reads(gold: list[dict], tools: dict, scope: Callable[[str], str],
+                changed: Callable[[dict], bool] = lambda call: True) -> list[set[int]]:
+    """Per call (by position), the successful state-changing calls before it in its state scope
+    (``scope``: server -> scope) when it is a successful read-only call whose result the writes
+    ``changed`` (it differs from what the same call returned on the seeded state): the writes whose
+    effect it observes (add a row, then count the rows), which a task may ask about instead of the
+    write's confirmation (``synthesizer.informative``).
+
+    >>> tools = {"db/add": {"read_only": False}, "db/count": {"read_only": True}, "fs/ls": {"read_only": True}}
+    >>> call = lambda t: {"server": t.split("/")[0], "tool": t.split("/")[1], "is_error": False}
+    >>> state_reads([call("db/count"), call("db/add"), call("fs/ls"), call("db/count")], tools, lambda s: s)
+    [set(), set(), set(), {1}]
+    >>> state_reads([call("db/add"), call("db/count")], tools, lambda s: s, changed=lambda c: False)
+    [set(), set()]
+    """
+    def row(c: dict) -> dict:
+        return tools[f"{c['server']}/{c['tool']}"]
+
+    out: list[set[int]] = []
+    for i, c in enumerate(gold):
+        writes = {j for j in range(i) if not gold[j]["is_error"] and not row(gold[j])["read_only"]
+                  and scope(gold[j]["server"]) == scope(c["server"])}
+        out.append(writes if writes and row(c)["read_only"] and not c["is_error"] and changed(c) else set())
+    return out
+
+
 def task_variants(gold_full: list[dict], informative: list[int], tools: dict, require_chain: bool = True,
-                  single_call: str = "fallback") -> list[tuple[list[int], list[int]]]:
+                  single_call: str = "fallback", observes: list[set[int]] | None = None
+                  ) -> list[tuple[list[int], list[int]]]:
     """The questions a trajectory supports, best first: (steps the answer fields come from, the
     positions of the calls making up the gold chain).
 
     With ``require_chain``, the chain is the answer calls, their data ancestors and the successful
     state-changing calls before them (the state the answers were read in), and a multi-step
-    variant exists only where an answer call received a value from an earlier call. Without it, the
-    chain is the whole prefix up to the last answer call (the older behaviour).
+    variant exists only where an answer call received a value from an earlier call, or, given
+    ``observes`` (:func:`state_reads`), reads the state an earlier write changed: those come first.
+    Without it, the chain is the whole prefix up to the last answer call (the older behaviour).
 
     >>> calls = [{"step": 0, "server": "s", "tool": "list", "is_error": False, "arg_sources": {}},
     ...          {"step": 1, "server": "s", "tool": "stat", "is_error": False, "arg_sources": {}},
@@ -89,7 +117,10 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
         last = informative[-1]
         prefix = list(range(last + 1))
         return [([last], prefix)] + [([k, last], prefix) for k in reversed(informative[:-1])]
-    anc = _ancestors(data_dependencies(gold_full))
+    direct = data_dependencies(gold_full)
+    if observes is not None:   # a read of a changed state depends on the write as on a passed value
+        direct = [d | o for d, o in zip(direct, observes)]
+    anc = _ancestors(direct)
     mutating = [j for j, c in enumerate(gold_full)
                 if not c["is_error"] and not tools[f"{c['server']}/{c['tool']}"]["read_only"]]
 
@@ -107,6 +138,8 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
     for k in reversed([k for k in informative if anc[k]]):
         variants.append(([k], chain_for([k])))
         variants.extend(([j, k], chain_for([j, k])) for j in sorted(anc[k] & usable, reverse=True))
+    if observes is not None:   # reads that observe a write first (a stable sort: the order otherwise kept)
+        variants.sort(key=lambda v: not observes[v[0][-1]])
     if single_call == "always" or (single_call == "fallback" and not variants):
         variants.extend(([k], [k]) for k in reversed(informative) if chain_for([k]) == [k])
     return variants

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import answers
 from ..executor import Executor, summed_lm_usage
 
 if TYPE_CHECKING:
@@ -36,12 +37,13 @@ class SynthesisJob:
     writer: Any = None
     judge: Any = None
     live_check: Any = None
+    constants: dict | None = None      # answers.constant_paths over all the calls (a worker sees its share)
 
     @property
     def recorded(self) -> "Recorded":
         from . import Recorded   # noqa: F811 - the package imports this module
 
-        return Recorded(self.trajectories, self.calls, self.tools)
+        return Recorded(self.trajectories, self.calls, self.tools, self.constants)
 
 
 def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
@@ -52,6 +54,8 @@ def synthesize(executor: Executor, job: SynthesisJob, out_dir: Path) -> dict:
     if executor.workers < 2:
         return synthesizer.synthesize_tasks(job.recorded, job.simulator, job.settings, job.seed, out_dir, programs)
     synthesizer.check_options(job.settings, programs)
+    if job.settings.informative:   # a tool's constant result paths are a fact of the whole exploration
+        job = dataclasses.replace(job, constants=answers.constant_paths(job.calls))
     n = min(executor.workers, max(len(job.trajectories), 1))
     size = -(-len(job.trajectories) // n)
     jobs = [(_chunk(job, job.trajectories[i * size:(i + 1) * size]),) for i in range(n)]
