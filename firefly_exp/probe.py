@@ -48,7 +48,8 @@ def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings
     """Explore every tool alone with the run's specs, install folder and seed (``calls.jsonl`` and
     ``trajectories.jsonl`` in ``ctx.out``, resumable; sandboxes under ``<sandbox_root>/probe``);
     returns the stage metrics."""
-    session = settings.model_copy(update={"warm_stateful": True, "warm_all": True})
+    # one session per server; each tool alone (no read appended after a write: explorer.verify_writes)
+    session = settings.model_copy(update={"warm_stateful": True, "warm_all": True, "verify_writes": False})
     run = explorer.Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe", session, ctx.seed,
                                explorer.HeuristicProposer())
     metrics = explorer.explore(probe_dags(tools), run, ctx.out)
@@ -125,7 +126,7 @@ def _params(settings: ExplorerSettings, ctx: RunContext) -> dict:
     """The seed, the catalog hints the arguments come from (with the servers stage's address, which
     fixes the tools, they fix ``tool_hints``), and the proposer the probe really uses: always the
     heuristic one, whatever ``explorer.kind``, so switching the explorer does not re-probe."""
-    return {"seed": ctx.seed, "kind": "heuristic",
+    return {"seed": ctx.seed, "kind": "heuristic", "verify_writes": False,
             "hints": {sid: spec.get("hints") or {} for sid, spec in sorted(ctx.specs.items())}}
 
 
