@@ -257,22 +257,11 @@ def test_template_wording_varies_by_shape_and_answer_type():
 def test_synthesize_tasks_applies_judge_determinism_and_split(tmp_path):
     """The synthesizer end to end on recorded calls in memory: metrics carry the judge keep rate,
     the volatile-field rate and the split strategy; the exported set replays."""
-    import polars as pl
+    from firefly_exp.simulator import Simulator
 
-    from firefly_exp.simulator import SEED_STATE, Simulator
-
-    schema = json.dumps({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]})
-    rows = [{"tool": f"{s}/get", "server": s, "read_only": True, "input_schema": schema, "volatile": False,
-             "description": "Get the record stored under a key."} for s in ("kv", "db")]
-    calls, trajectories = [], []
-    for i in range(8):
-        server = "kv" if i % 2 else "db"
-        value = {"colour": f"colour-number-{i}", "count": 100 + i}
-        calls.append({"episode": f"ep{i}", "seq": 0, "server": server, "tool": "get", "arguments": {"key": f"k{i}"},
-                      "fingerprint": SEED_STATE, "content": [{"type": "text", "text": json.dumps(value)}],
-                      "structured": None, "is_error": False, "error_kind": None, "arg_sources": {}})
-        trajectories.append({"episode": f"ep{i}", "dag_id": f"dag-{i}", "status": "complete", "steps": [{"seq": 0}]})
-    sim = Simulator.from_calls(calls, pl.DataFrame(rows))
+    trajectories, calls, tools = _recorded()   # the same eight one-call trajectories
+    rows = tools.to_dicts()
+    sim = Simulator.from_calls(calls, tools)
     verdicts = iter([{"clarity": 5}, {"clarity": 5}, {"clarity": 1}, {"clarity": 1}] * 4)
 
     def live_check(ts):   # "count" changes on re-execution in every other task
