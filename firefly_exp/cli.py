@@ -30,9 +30,8 @@ def precheck(argv: list[str]) -> None:
         jobs = expand([a for a in argv if a not in ("-m", "--multirun")])
     except ValueError as exc:
         fail(str(exc))
-    lms: set[str] = set()
     for job in jobs:
-        message = check(job, lms)
+        message = check(job, with_lm=True)
         if message:
             fail(message)
 
@@ -64,9 +63,9 @@ def expand(overrides: list[str]) -> list[list[str]]:
     return jobs
 
 
-def check(overrides: list[str], lms: set[str] | None = None) -> str | None:
-    """The one-line problem of one job's config, or None. With ``lms`` (the LMs checked so far), an
-    LM the job configures must answer one short request (each endpoint once)."""
+def check(overrides: list[str], with_lm: bool = False) -> str | None:
+    """The one-line problem of one job's config, or None. With ``with_lm``, an LM the job configures
+    must answer one short request (each endpoint once a process: ``programs.lm.check_lm``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
@@ -79,11 +78,10 @@ def check(overrides: list[str], lms: set[str] | None = None) -> str | None:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         settings = load_settings(cfg)
-        if lms is not None and settings.lm.model and repr(settings.lm.identity()) not in lms:
+        if with_lm and settings.lm.model:
             from programs.lm import check_lm, configure_lm
 
             check_lm(configure_lm(settings.lm), settings.lm)
-            lms.add(repr(settings.lm.identity()))
     except ConfigError as exc:
         return str(exc)
     except MissingConfigException:

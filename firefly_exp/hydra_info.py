@@ -28,7 +28,8 @@ def overrides() -> list[str]:
     out = []
     for o in (list(hc.overrides.task) if hc else []):
         key, eq, value = o.partition("=")
-        out.append(f"{key}={redacted({key.rsplit('.', 1)[-1]: value})[key.rsplit('.', 1)[-1]]}" if eq else o)
+        name = key.rsplit(".", 1)[-1]
+        out.append(f"{key}={redacted({name: value})[name]}" if eq else o)
     return out
 
 

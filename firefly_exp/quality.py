@@ -52,7 +52,7 @@ import re
 from typing import Any, Iterable
 
 from . import lexical
-from .results import normalise, value_of
+from .results import leaves, normalise, value_of
 
 SPLITS = ("train", "test", "all")
 TOP_K = 5
@@ -239,17 +239,6 @@ def confirmation_fields(task: dict, catalog: dict[str, dict]) -> list[str]:
     return out
 
 
-def _scalars(value: Any) -> Iterable[Any]:
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _scalars(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _scalars(v)
-    else:
-        yield value
-
-
 def echo_fields(task: dict) -> list[str]:
     """The task's answer fields whose value (normalised) is a scalar inside a gold call's arguments.
 
@@ -258,7 +247,7 @@ def echo_fields(task: dict) -> list[str]:
     >>> echo_fields(task)
     ['path', 'size']
     """
-    given = {normalise(s) for c in task["gold_calls"] for s in _scalars(c["arguments"])}
+    given = {normalise(s) for c in task["gold_calls"] for _, s in leaves(c["arguments"])}
     return [k for k, v in task["answer"].items()
             if not isinstance(normalise(v), bool) and normalise(v) is not None and normalise(v) in given]
 

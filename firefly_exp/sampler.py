@@ -335,7 +335,7 @@ fan_out.starts = fan_starts
 fan_in.starts = hub_starts
 uniform.walks = False
 
-# the strategies of this module (every function of one ``draw``), for the settings' error messages
+# the strategies of this module (every function of one ``draw``); conf/sampler/ picks among them
 CHOICES = sorted(n for n, f in list(globals().items()) if inspect.isfunction(f) and f.__module__ == __name__
                  and list(inspect.signature(f).parameters) == ["draw"])
 

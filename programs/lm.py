@@ -22,10 +22,14 @@ def configure_lm(lm_cfg: Any) -> Any:
     return dspy.LM(lm_cfg["model"], **kwargs)
 
 
+_ANSWERED: set[str] = set()   # the LMs (model and endpoint) that answered the check in this process
+
+
 def check_lm(lm: Any, settings: Any) -> None:
     """One short uncached request: an LM that does not answer in ``lm.check_timeout_s`` is a one-line
-    ``ConfigError`` naming ``lm.api_base`` (or ``lm.model``), raised before any stage runs."""
-    if lm is None:
+    ``ConfigError`` naming ``lm.api_base`` (or ``lm.model``), raised before any stage runs. An LM that
+    answered once in this process (the command line's check, then the pipeline's) is not asked again."""
+    if lm is None or repr(settings.identity()) in _ANSWERED:
         return
     import concurrent.futures
 
@@ -45,6 +49,7 @@ def check_lm(lm: Any, settings: Any) -> None:
                           f"lm.api_base / lm.model / the API key in the environment, or use lm=none") from None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+    _ANSWERED.add(repr(settings.identity()))
 
 
 def lm_usage(lm: Any, before: set | None = None) -> dict:
