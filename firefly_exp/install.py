@@ -335,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown server id(s): {', '.join(unknown)} (catalog has: {', '.join(catalog)})")
     results = install_servers([catalog[i] for i in ids], args.install_dir, jobs=args.jobs)
-    ok = [sid for sid, status in results.items() if not status.startswith("FAILED")]
-    return 0 if ok else 1
+    failed = sorted(sid for sid, status in results.items() if status.startswith("FAILED"))
+    if failed:   # one failed server fails the install (make servers-full used to exit 0 with 7 of 31 failed)
+        print(f"install failed for {len(failed)} server(s): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -288,6 +288,13 @@ class SynthesizerSettings(Group):
     include_partial: bool
     require_chain: bool
     single_call: Literal["fallback", "always", "never"]
+    max_single_call_share: Optional[float] = Field(
+        None, ge=0, le=1, description="at most this share of the tasks are one call (the kept ones spread over "
+                                      "the tools chains did not reach); null = no cap")
+    variant_order: Literal["found", "longest"] = Field(
+        "found", description="which questions of a trajectory come first: found (each answer call's own chain, "
+                             "latest first) or longest (the longest gold chains first, one asking about every "
+                             "chained branch of the DAG among them)")
     field_groups: int = Field(ge=1, le=100)
     test_fraction: float = Field(ge=0, lt=1, description="held-out share (of DAGs, tool sets or servers)")
     split: str = Field(description="split strategy: a function in firefly_exp/synthesizer/splits.py, or the "

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import answers, embeddings, servers
+from .. import answers, embeddings, quality, servers
 from ..answers import answer_fields, candidate_fields, leaks as _leaks  # noqa: F401 - candidate_fields: re-exported
 from ..seeding import rng_for
 from ..settings import SynthesizerSettings, choices_in, resolve
@@ -51,7 +51,7 @@ from . import fields, goal, splits, verify, wording
 # the names other modules and the tests import from firefly_exp.synthesizer, wherever they now live
 from .fields import (answer_spec, chain_depth, chain_passes, data_dependencies, field_group,  # noqa: F401
                      pick_fields, renumber, state_reads, task_variants, top_up, variant_groups, volatile_steps)
-from .verify import apply_determinism, dedup, judge_filter, remove_near_duplicates, verify_task
+from .verify import apply_determinism, cap_single_calls, dedup, judge_filter, remove_near_duplicates, verify_task
 from .wording import (ASK_FORMS, INTROS, SHAPE_INTROS, STEP_FORMS, TYPE_ASKS, describe_path,  # noqa: F401
                       field_description, path_key, path_text, template_question)
 
@@ -178,7 +178,8 @@ class _TaskMaker:
             return []
         observes = (state_reads(gold_full, self.tools, self.simulator.scope, self.shows_change)
                     if s.informative else None)
-        variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call, observes)
+        variants = task_variants(gold_full, informative, self.tools, s.require_chain, s.single_call, observes,
+                                 s.variant_order)
         if any(tainted) and variants:
             variants = self.stable_variants(variants, tainted, gold_full, informative, observes)
             if not variants:
@@ -314,7 +315,8 @@ def finish_tasks(candidates: Candidates, settings: SynthesizerSettings, seed: in
     """Deduplicate the verified candidates (in order), then: the LM ``judge`` (when given) keeps the
     tasks scoring at least ``judge_min_score`` on every criterion; ``determinism`` (``exclude|drop``)
     re-executes the gold chains live through ``live_check`` and excludes the volatile fields or drops
-    their tasks; near-duplicate questions (cosine >= ``near_duplicate_threshold``) are removed; then
+    their tasks; near-duplicate questions (cosine >= ``near_duplicate_threshold``) are removed; one-call
+    tasks beyond ``max_single_call_share`` are dropped (:func:`.verify.cap_single_calls`); then
     ``split`` assigns train/test. Writes ``tasks.jsonl`` and returns the stage metrics."""
     programs = programs or Programs()
     rejected = Counter(candidates.rejected)
@@ -327,6 +329,8 @@ def finish_tasks(candidates: Candidates, settings: SynthesizerSettings, seed: in
                                                                 rejected)
     if settings.near_duplicate_threshold:
         tasks = remove_near_duplicates(tasks, settings.near_duplicate_threshold, rejected)
+    if settings.max_single_call_share is not None:
+        tasks = cap_single_calls(tasks, settings.max_single_call_share, rejected)
     assign_splits(tasks, settings.split, settings.test_fraction, seed)
     write_jsonl(Path(out_dir) / "tasks.jsonl", tasks)
     return task_metrics(tasks, rejected, candidates.explored, settings.split, extra)
@@ -422,4 +426,5 @@ def _params(settings: SynthesizerSettings, ctx: RunContext) -> dict:
 
 STAGE = Stage("synthesizer", run, load, inputs=("explorer", "simulator", "servers", "probe"),
               artifacts=("tasks.jsonl",), params=_params,
-              code=(sys.modules[__name__], wording, goal, fields, verify, splits, answers, live, embeddings))
+              code=(sys.modules[__name__], wording, goal, fields, verify, splits, answers, live, embeddings,
+                    quality))

@@ -93,8 +93,8 @@ def state_reads(gold: list[dict], tools: dict, scope: Callable[[str], str],
 
 
 def task_variants(gold_full: list[dict], informative: list[int], tools: dict, require_chain: bool = True,
-                  single_call: str = "fallback", observes: list[set[int]] | None = None
-                  ) -> list[tuple[list[int], list[int]]]:
+                  single_call: str = "fallback", observes: list[set[int]] | None = None,
+                  order: str = "found") -> list[tuple[list[int], list[int]]]:
     """The questions a trajectory supports, best first: (steps the answer fields come from, the
     positions of the calls making up the gold chain).
 
@@ -103,6 +103,9 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
     variant exists only where an answer call received a value from an earlier call, or, given
     ``observes`` (:func:`state_reads`), reads the state an earlier write changed: those come first.
     Without it, the chain is the whole prefix up to the last answer call (the older behaviour).
+    ``order="longest"`` adds a variant asking about every chained answer call that feeds no other
+    answer call (the sinks of the DAG's chained branches: a fan-out asks about each branch), and
+    puts the variants with the longest chains first (stable: the order otherwise kept).
 
     >>> calls = [{"step": 0, "server": "s", "tool": "list", "is_error": False, "arg_sources": {}},
     ...          {"step": 1, "server": "s", "tool": "stat", "is_error": False, "arg_sources": {}},
@@ -112,6 +115,9 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
     [([2], [0, 2]), ([0, 2], [0, 2])]
     >>> task_variants(calls, [1], tools)          # no chain to ask about: one-call fallback
     [([1], [1])]
+    >>> fan = calls + [{"step": 3, "server": "s", "tool": "stat", "is_error": False, "arg_sources": {"p": "edge:0:y"}}]
+    >>> task_variants(fan, [0, 2, 3], tools, order="longest")[0]   # both branches of the fan-out
+    ([2, 3], [0, 2, 3])
     """
     if not require_chain:
         last = informative[-1]
@@ -140,6 +146,12 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
         variants.extend(([j, k], chain_for([j, k])) for j in sorted(anc[k] & usable, reverse=True))
     if observes is not None:   # reads that observe a write first (a stable sort: the order otherwise kept)
         variants.sort(key=lambda v: not observes[v[0][-1]])
+    if order == "longest" and variants:
+        chained = [k for k in informative if anc[k]]
+        sinks = [k for k in chained if not any(k in anc[m] for m in chained)]
+        if len(sinks) > 1 and (sinks, chain_for(sinks)) not in variants:
+            variants.insert(0, (sinks, chain_for(sinks)))
+        variants.sort(key=lambda v: -len(v[1]))
     if single_call == "always" or (single_call == "fallback" and not variants):
         variants.extend(([k], [k]) for k in reversed(informative) if chain_for([k]) == [k])
     return variants

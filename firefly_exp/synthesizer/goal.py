@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 from ..observed import SOURCE
+from ..quality import names_leaked
 from ..results import json_type
 
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
@@ -498,4 +499,6 @@ def structure_leak(question: str, gold: list[dict], tools: dict, fields: dict) -
         elif re.search(rf"[`'\"]{re.escape(name)}[`'\"]|\b{re.escape(name)}\s*\(|\b{re.escape(name)}\s+"
                        rf"(tool|server|function|parameter|argument)\b", text, re.I):
             return True
-    return False
+    # and every spelling the dataset's measure counts (quality.names_leaked: "z-test" for a tool z_test, an
+    # answer key holding a tool's name), on the whole question: what is measured as a leak is never kept
+    return bool(names_leaked(question, [t for t in tools if t.partition("/")[0] in servers]))

@@ -51,6 +51,37 @@ def dedup(candidates: list[dict], rejected: Counter) -> list[dict]:
     return tasks
 
 
+def cap_single_calls(tasks: list[dict], max_share: float, rejected: Counter) -> list[dict]:
+    """The tasks (in order) with at most ``max_share`` of them one-call tasks: the one-call tasks kept
+    are taken round-robin over their tools, a tool the chained tasks use least first, so the few kept
+    cover the tools no chain reached; the others are dropped (``rejected.single_call_cap``).
+
+    >>> t = lambda tool, n=1: {"gold_calls": [{"server": "s", "tool": tool}] * n}
+    >>> kept = cap_single_calls([t("a", 3), t("a", 2), t("a"), t("a"), t("b"), t("c")], 0.5, Counter())
+    >>> [[c["tool"] for c in k["gold_calls"]] for k in kept]
+    [['a', 'a', 'a'], ['a', 'a'], ['b'], ['c']]
+    """
+    multi = [t for t in tasks if len(t["gold_calls"]) > 1]
+    single = [i for i, t in enumerate(tasks) if len(t["gold_calls"]) == 1]
+    # n single of n + multi total: n / (n + multi) <= share  <=>  n <= share * multi / (1 - share)
+    room = int(max_share * len(multi) / (1 - max_share)) if max_share < 1 else len(single)
+    if len(single) <= room:
+        return tasks
+    used = Counter(f"{c['server']}/{c['tool']}" for t in multi for c in t["gold_calls"])
+    by_tool: dict[str, list[int]] = {}
+    for i in single:
+        c = tasks[i]["gold_calls"][0]
+        by_tool.setdefault(f"{c['server']}/{c['tool']}", []).append(i)
+    order = sorted(by_tool, key=lambda tool: (used[tool], tool))
+    keep: set[int] = set()
+    while len(keep) < room:
+        for tool in order:
+            if by_tool[tool] and len(keep) < room:
+                keep.add(by_tool[tool].pop(0))
+    rejected["single_call_cap"] += len(single) - len(keep)
+    return [t for i, t in enumerate(tasks) if len(t["gold_calls"]) > 1 or i in keep]
+
+
 def remove_near_duplicates(tasks: list[dict], threshold: float, rejected: Counter) -> list[dict]:
     """Drop a task whose question embedding has cosine >= threshold with an earlier kept task's
     (greedy, in order). One embedding batch and one matrix product: cheap for thousands of tasks."""

@@ -215,3 +215,56 @@ def test_recipe_is_the_template_wording_under_its_own_name():
     assert "Step 1" in template["question"] or "1. Run" in template["question"]
     assert (template["synthesizer"], recipe["synthesizer"]) == ("template", "recipe")
     assert chain_passes(fixture_chain()) == [(0, 1, "product_name", "desk")]
+
+
+def test_default_experiment_synthesizes_goal_tasks_with_long_chains_first():
+    """The default config asks goal questions; longest chains first; one-call tasks capped."""
+    from hydra import compose, initialize_config_dir
+
+    from firefly_exp.settings import load_settings
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        s = load_settings(compose(config_name="config")).synthesizer
+    assert (s.kind, s.variant_order, s.single_call) == ("goal", "longest", "fallback")
+    assert s.max_single_call_share is not None and s.max_single_call_share <= 0.2
+    assert s.min_fields >= 3 and s.informative
+
+
+def test_longest_order_asks_about_both_branches_of_a_fan_out_first():
+    tools = {"s/list": {"read_only": True}, "s/a": {"read_only": True}, "s/b": {"read_only": True}}
+    calls = [{"step": 0, "server": "s", "tool": "list", "is_error": False, "arg_sources": {}},
+             {"step": 1, "server": "s", "tool": "a", "is_error": False, "arg_sources": {"x": "edge:0:0.name"}},
+             {"step": 2, "server": "s", "tool": "b", "is_error": False, "arg_sources": {"y": "edge:0:1.name"}}]
+    found = task_variants(calls, [0, 1, 2], tools)
+    longest = task_variants(calls, [0, 1, 2], tools, order="longest")
+    assert found[0] == ([2], [0, 2])                       # the latest answer call's own chain
+    assert longest[0] == ([1, 2], [0, 1, 2])               # both branches, the whole DAG
+    assert sorted(map(str, found)) == sorted(map(str, longest[1:]))   # nothing else lost or added
+    lengths = [len(chain) for _, chain in longest]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.2, 0.5])
+def test_single_call_cap_keeps_every_chain_and_spreads_the_kept_single_calls(share):
+    from collections import Counter
+
+    from firefly_exp.synthesizer.verify import cap_single_calls
+
+    rng = random.Random(7)
+    tasks = []
+    for i in range(60):
+        n = rng.choice([1, 1, 2, 3])
+        tool = rng.choice(["a", "b", "c", "d"]) if n == 1 else "a"
+        tasks.append({"id": i, "gold_calls": [{"server": "s", "tool": tool}] * n})
+    rejected = Counter()
+    kept = cap_single_calls(tasks, share, rejected)
+    single = [t for t in kept if len(t["gold_calls"]) == 1]
+    assert [t for t in kept if len(t["gold_calls"]) > 1] == [t for t in tasks if len(t["gold_calls"]) > 1]
+    assert len(single) / len(kept) <= share + 1e-9
+    assert [t["id"] for t in kept] == sorted(t["id"] for t in kept)          # order kept
+    assert rejected["single_call_cap"] == sum(len(t["gold_calls"]) == 1 for t in tasks) - len(single)
+    # round-robin, tools the chains never use (b, c, d) first: "a" never kept more often than one of them,
+    # unless that one had no more to give
+    kept_by = Counter(t["gold_calls"][0]["tool"] for t in single)
+    offered = Counter(t["gold_calls"][0]["tool"] for t in tasks if len(t["gold_calls"]) == 1)
+    assert all(kept_by[x] >= kept_by["a"] or kept_by[x] == offered[x] for x in "bcd")
