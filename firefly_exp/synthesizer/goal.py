@@ -326,11 +326,15 @@ def _row(tools: dict, call: dict) -> dict:
 def goal_spec(picks: list[tuple[int, str, Any]], gold: list[dict], tools: dict) -> tuple[dict, dict, dict]:
     """The answer schema (name -> type, description), answer and provenance of the picked fields, with
     goal names: snake_case from the result path's keys, list positions as ordinals and the tool's noun
-    (``third_table_name``), unique in pick order, never ``<tool>_result``."""
+    (``third_table_name``), unique in pick order, never ``<tool>_result``. A tool the chain calls more
+    than once is told apart by which call it was ("from searching for nodes the second time"): two
+    searches of a graph a write changed in between answer differently."""
     fields, answer, provenance, taken = {}, {}, {}, set()
     names = run_names(tools)
+    calls_of = [[j for j, c in enumerate(gold) if (c["server"], c["tool"]) == (g["server"], g["tool"])] for g in gold]
     for k, path, value in picks:
         row = _row(tools, gold[k])
+        when = f" the {ordinal(calls_of[k].index(k))} time" if len(calls_of[k]) > 1 else ""
         phrase, words = leaf_words(path, value, row, names)
         base = "_".join(words)
         name, i = base, 2
@@ -338,7 +342,7 @@ def goal_spec(picks: list[tuple[int, str, Any]], gold: list[dict], tools: dict) 
             name, i = f"{base}_{i}", i + 1
         taken.add(name)
         fields[name] = {"type": json_type(value),
-                        "description": f"{phrase} from {gerund(short_action(action(row, names)))}"}
+                        "description": f"{phrase} from {gerund(short_action(action(row, names)))}{when}"}
         answer[name] = value
         provenance[name] = {"step": k, "seq": gold[k]["seq"], "path": path,
                             "tool": f"{gold[k]['server']}/{gold[k]['tool']}"}

@@ -268,3 +268,15 @@ def test_single_call_cap_keeps_every_chain_and_spreads_the_kept_single_calls(sha
     kept_by = Counter(t["gold_calls"][0]["tool"] for t in single)
     offered = Counter(t["gold_calls"][0]["tool"] for t in tasks if len(t["gold_calls"]) == 1)
     assert all(kept_by[x] >= kept_by["a"] or kept_by[x] == offered[x] for x in "bcd")
+
+
+def test_a_tool_called_twice_is_told_apart_in_the_field_descriptions():
+    """Two calls of one tool (a read before and after a write) answer differently: each field says which."""
+    gold = [_call(0, "shop/list_products", {}, {}, PRODUCTS),
+            _call(1, "shop/list_products", {}, {}, PRODUCTS[:2])]
+    fields_, answer, _ = goal.goal_spec([(0, "2.name", "chair"), (1, "1.name", "desk")], gold, FIXTURE_TOOLS)
+    descriptions = [f["description"] for f in fields_.values()]
+    assert len(set(descriptions)) == 2
+    assert descriptions[0].endswith("the first time") and descriptions[1].endswith("the second time")
+    single, _, _ = goal.goal_spec([(0, "2.name", "chair")], gold[:1], FIXTURE_TOOLS)
+    assert not next(iter(single.values()))["description"].endswith("time")
