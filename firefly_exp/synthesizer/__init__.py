@@ -246,8 +246,8 @@ class _TaskMaker:
         s = self.settings
         kept = [v for v in variants if not any(tainted[j] for j in v[1])]
         if not kept and s.single_call == "fallback":
-            kept = [v for v in task_variants(gold_full, informative, self.tools, s.require_chain, "always", observes)
-                    if not any(tainted[j] for j in v[1])]
+            kept = [v for v in task_variants(gold_full, informative, self.tools, s.require_chain, "always", observes,
+                                             s.variant_order) if not any(tainted[j] for j in v[1])]
         return kept
 
     def variant_task(self, dag_id: str, v_index: int, gold_full: list[dict], per_step: list[list],
