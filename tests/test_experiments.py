@@ -19,8 +19,9 @@ from firefly_exp import PROJECT_ROOT
 from firefly_exp.pipeline import ConfigError, run
 from firefly_exp.store import read_jsonl
 
-# a tiny experiment: smoke servers, 6 DAGs, no embedding model (seconds per run)
-TINY = ["+experiment=smoke", "name=tiny", "sampler.n_dags=6", "graph.weights.similarity=0",
+# a tiny experiment: smoke servers, 10 DAGs, no embedding model (seconds per run)
+# recipe tasks from 10 DAGs: every seed's job holds some out (6 DAGs of 3+ tools left seed 0 none)
+TINY = ["+experiment=smoke", "name=tiny", "sampler.n_dags=10", "synthesizer=recipe", "graph.weights.similarity=0",
         "synthesizer.near_duplicate_threshold=null", "synthesizer.test_fraction=0.5"]
 
 

@@ -39,6 +39,8 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
     assert first["eval"]["random"]["pass@1"] < first["eval"]["gold"]["pass@1"]
     tasks = read_jsonl(first["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
     calls = {(c["server"], c["tool"]) for t in tasks for c in t["gold_calls"]}
+    read_only = {r["tool"]: r["read_only"] for r in
+                 pl.read_parquet(first["stages"]["servers"]["folder"] + "/tools.parquet").to_dicts()}
     stateful = {s["id"] for s in first["servers"]} & {"sqlite", "memory", "git", "filesystem", "mcp-sqlite", "text-editor"}
     assert any(server in stateful for server, _ in calls)             # a stateful server is exercised
     for task in tasks:
@@ -48,8 +50,11 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
         for value in task["answer"].values():  # no answer is given away in the question
             if isinstance(value, str) and len(value) >= 3:
                 assert value.strip().casefold() not in task["question"].casefold()
-        if len(task["gold_calls"]) > 1:   # a multi-step task needs its chain: a value passed along it, unstated
-            assert task["chain"], task["question"]
+        if len(task["gold_calls"]) > 1:   # a multi-step task needs its chain: a value passed along it, unstated,
+            # or the state an earlier write left, read by an answer call (add a row, then read the table)
+            last_answer = max(p["step"] for p in task["provenance"].values())
+            writes = [c for c in task["gold_calls"][:last_answer] if not read_only[f"{c['server']}/{c['tool']}"]]
+            assert task["chain"] or writes, task["question"]
             for link in task["chain"]:
                 assert link["from_step"] < link["to_step"] < len(task["gold_calls"])
                 passed = task["gold_calls"][link["to_step"]]["arguments"][link["param"]]
@@ -73,6 +78,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
     as well, so the question has one right answer."""
     from firefly_exp.results import leaves, value_of
     from firefly_exp.synthesizer import path_key, path_text
+    from firefly_exp.synthesizer.goal import ordinal
 
     tasks = read_jsonl(smoke_runs[0]["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
     repeated = 0
@@ -85,8 +91,14 @@ def test_every_answer_field_names_one_value(smoke_runs):
             where = path_text(prov["path"])
             if others:
                 repeated += 1
-                assert f" at {where} " in t["answer_schema"][name]["description"], t["answer_schema"][name]
-                assert where in t["question"]
+                description = t["answer_schema"][name]["description"]
+                if t["synthesizer"] == "goal":   # the place in words: every list position as an ordinal
+                    positions = [int(part) for part in prov["path"].split(".") if part.isdigit()]
+                    assert positions and all(ordinal(i) in description for i in positions), (prov, description)
+                    assert description in t["question"]
+                else:                            # the recipe's: the path itself
+                    assert f" at {where} " in description, t["answer_schema"][name]
+                    assert where in t["question"]
     assert repeated > 0      # the smoke servers return tables: the case is exercised
 
 

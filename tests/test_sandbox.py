@@ -110,7 +110,8 @@ def _explore_every_destructive_tool(config: str, tmp_path: Path, must_cover: set
     destructive = tools.filter(~tools["read_only"])["tool"].to_list()
     assert len(destructive) >= 15 and {t.split("/")[0] for t in destructive} >= must_cover
     dags = [{"id": f"destroy-{i:02d}", "index": i, "nodes": [t], "edges": []} for i, t in enumerate(destructive)]
-    settings = settings_from_yaml(concurrency=3, max_retries=3, include_optional_prob=1.0,
+    # each destructive tool alone: no read appended after it (explorer.verify_writes)
+    settings = settings_from_yaml(concurrency=3, max_retries=3, include_optional_prob=1.0, verify_writes=False,
                                   startup_timeout_s=cfg.get("startup_timeout_s", 30))
     metrics = explore(dags, Exploration(tools, specs, install_dir, tmp_path / "sb", settings, 0, HeuristicProposer()),
                       tmp_path / "explore")
