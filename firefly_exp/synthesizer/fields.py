@@ -149,8 +149,9 @@ def task_variants(gold_full: list[dict], informative: list[int], tools: dict, re
     if order == "longest" and variants:
         chained = [k for k in informative if anc[k]]
         sinks = [k for k in chained if not any(k in anc[m] for m in chained)]
-        if len(sinks) > 1 and (sinks, chain_for(sinks)) not in variants:
-            variants.insert(0, (sinks, chain_for(sinks)))
+        whole = (sinks, chain_for(sinks)) if len(sinks) > 1 else None
+        if whole and whole not in variants:
+            variants.insert(0, whole)
         variants.sort(key=lambda v: -len(v[1]))
     if single_call == "always" or (single_call == "fallback" and not variants):
         variants.extend(([k], [k]) for k in reversed(informative) if chain_for([k]) == [k])

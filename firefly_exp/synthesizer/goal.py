@@ -482,27 +482,29 @@ def goal_question(gold: list[dict], tools: dict, fields: dict, rng) -> str:
 
 
 def structure_leak(question: str, gold: list[dict], tools: dict, fields: dict) -> bool:
-    """Whether a goal question still gives the recipe away: it names an offered tool or server (an
-    identifier such as ``list_tables`` as a token in any case; a plain word such as ``calculate`` only
-    where it reads as a name: quoted, called, or followed by tool/server), a parameter key of the
-    chain's tools (the same way), a step, a JSON path or ``key=value``. The answer keys, which the
-    question must name, are left out of the check."""
+    """Whether a goal question still gives the recipe away: it names an offered tool or server (any
+    spelling the dataset's measure counts, :func:`firefly_exp.quality.names_leaked`, on the whole
+    question: ``list_tables``, "z-test" for a tool ``z_test``, an answer key holding a tool's name; a
+    plain word such as ``calculate`` only where it reads as a name: quoted, called, or followed by
+    tool/server), a parameter key of the chain's tools (an identifier as a token in any case, a plain
+    word the same way), a step, a JSON path or ``key=value``. Apart from the names of tools, the answer
+    keys, which the question must name, are left out of the check."""
+    servers = {c["server"] for c in gold}
+    offered_tools = [t for t in tools if t.partition("/")[0] in servers]
+    if names_leaked(question, offered_tools):   # what is measured as a leak is never kept
+        return True
     text = question
     for name in fields:
         text = text.replace(json.dumps(name), " ")
     if "=" in text or STEP.search(text) or JSON_PATH.search(text):
         return True
-    servers = {c["server"] for c in gold}
-    offered = servers | {t.partition("/")[2] for t in tools if t.partition("/")[0] in servers}
     params = {p for c in gold for p in properties(_row(tools, c))}
     tokens = {t.lower() for t in TOKEN.findall(text)}
-    for name in offered | params:
+    for name in params | servers | {t.partition("/")[2] for t in offered_tools}:
         if re.search(r"[_\-\d]|[a-z][A-Z]", name):
-            if name.lower() in tokens:
+            if name in params and name.lower() in tokens:   # tools' and servers': names_leaked above
                 return True
         elif re.search(rf"[`'\"]{re.escape(name)}[`'\"]|\b{re.escape(name)}\s*\(|\b{re.escape(name)}\s+"
                        rf"(tool|server|function|parameter|argument)\b", text, re.I):
             return True
-    # and every spelling the dataset's measure counts (quality.names_leaked: "z-test" for a tool z_test, an
-    # answer key holding a tool's name), on the whole question: what is measured as a leak is never kept
-    return bool(names_leaked(question, [t for t in tools if t.partition("/")[0] in servers]))
+    return False

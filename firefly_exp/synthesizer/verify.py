@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..quality import tool_of
 from ..results import answers_match, get_path, normalise, value_of
 from ..simulator import Simulator
 from ..store import stable_hash
@@ -67,11 +68,10 @@ def cap_single_calls(tasks: list[dict], max_share: float, rejected: Counter) -> 
     room = int(max_share * len(multi) / (1 - max_share)) if max_share < 1 else len(single)
     if len(single) <= room:
         return tasks
-    used = Counter(f"{c['server']}/{c['tool']}" for t in multi for c in t["gold_calls"])
+    used = Counter(tool_of(c) for t in multi for c in t["gold_calls"])
     by_tool: dict[str, list[int]] = {}
     for i in single:
-        c = tasks[i]["gold_calls"][0]
-        by_tool.setdefault(f"{c['server']}/{c['tool']}", []).append(i)
+        by_tool.setdefault(tool_of(tasks[i]["gold_calls"][0]), []).append(i)
     order = sorted(by_tool, key=lambda tool: (used[tool], tool))
     keep: set[int] = set()
     while len(keep) < room:

@@ -217,14 +217,11 @@ def test_recipe_is_the_template_wording_under_its_own_name():
     assert chain_passes(fixture_chain()) == [(0, 1, "product_name", "desk")]
 
 
-def test_default_experiment_synthesizes_goal_tasks_with_long_chains_first():
+def test_default_experiment_synthesizes_goal_tasks_with_long_chains_first(config):
     """The default config asks goal questions; longest chains first; one-call tasks capped."""
-    from hydra import compose, initialize_config_dir
-
     from firefly_exp.settings import load_settings
 
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        s = load_settings(compose(config_name="config")).synthesizer
+    s = load_settings(config()).synthesizer
     assert (s.kind, s.variant_order, s.single_call) == ("goal", "longest", "fallback")
     assert s.max_single_call_share is not None and s.max_single_call_share <= 0.2
     assert s.min_fields >= 3 and s.informative
