@@ -56,14 +56,30 @@ class BM25:
         df = Counter(w for d in self.docs for w in d)
         n = len(self.docs)
         self.idf = {w: math.log(1.0 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
+        self.norms = [self.k1 * (1 - self.b + self.b * length / max(self.avg, 1e-9)) for length in self.lengths]
+        self.postings: dict[str, list[int]] = {}   # term -> the documents holding it, in order
+        for i, doc in enumerate(self.docs):
+            for w in doc:
+                self.postings.setdefault(w, []).append(i)
+
+    def _term(self, w: str, i: int) -> float:
+        tf = self.docs[i][w]
+        return self.idf[w] * tf * (self.k1 + 1) / (tf + self.norms[i])
 
     def score(self, query: list[str], index: int) -> float:
-        doc, length = self.docs[index], self.lengths[index]
-        norm = self.k1 * (1 - self.b + self.b * length / max(self.avg, 1e-9))
-        return sum(self.idf[w] * doc[w] * (self.k1 + 1) / (doc[w] + norm)
-                   for w in dict.fromkeys(stem(q) for q in query) if w in doc)
+        doc = self.docs[index]
+        return sum(self._term(w, index) for w in dict.fromkeys(stem(q) for q in query) if w in doc)
+
+    def scores(self, query: list[str]) -> list[float]:
+        """Every document's :meth:`score`, the query stemmed once and only the documents holding one of
+        its terms visited (the same sums, term by term in query order)."""
+        out = [0.0] * len(self.docs)
+        for w in dict.fromkeys(stem(q) for q in query):
+            for i in self.postings.get(w, ()):
+                out[i] += self._term(w, i)
+        return out
 
     def rank(self, query: list[str]) -> list[int]:
         """Document indices, best first; equal scores keep the documents' order."""
-        scores = [self.score(query, i) for i in range(len(self.docs))]
+        scores = self.scores(query)
         return sorted(range(len(self.docs)), key=lambda i: -scores[i])

@@ -234,12 +234,18 @@ def lookup_answer(fields: dict, results: list[tuple[str, Any]]) -> dict:
 # -- the policy -----------------------------------------------------------------------------------------
 
 
-def rank_tools(question: str, offered: list[str], descriptions: dict[str, str]) -> list[str]:
+def tool_index(offered: list[str], descriptions: dict[str, str]) -> BM25:
+    """BM25 over the offered tools' names and descriptions, in offered order."""
+    return BM25([words(t.split("/", 1)[1]) + words(descriptions.get(t, "")) for t in offered])
+
+
+def rank_tools(question: str, offered: list[str], descriptions: dict[str, str], index: BM25 | None = None) -> list[str]:
     """The offered tools, best first: those the question names verbatim, in the order it names them, then
-    the rest by BM25 of the question against the tool's name and description (ties in offered order)."""
+    the rest by BM25 of the question against the tool's name and description (ties in offered order).
+    ``index``: :func:`tool_index` of the same ``offered`` (built here when not given)."""
     names = {t.split("/", 1)[1].lower(): t for t in offered}
     named = list(dict.fromkeys(names[w.lower()] for w in _IDENTIFIER.findall(question) if w.lower() in names))
-    index = BM25([words(t.split("/", 1)[1]) + words(descriptions.get(t, "")) for t in offered])
+    index = index if index is not None else tool_index(offered, descriptions)
     return named + [offered[i] for i in index.rank(words(question)) if offered[i] not in named]
 
 
@@ -247,10 +253,15 @@ def make_lookup_policy(tool_schemas: dict[str, dict], descriptions: dict[str, st
     """The ``lookup`` policy (module docstring): the top-ranked tools whose required arguments the question
     holds, as many as the gold chain has calls (the budget ``random`` gets too), each at most once, in rank
     order; then each answer field from their results."""
+    indexes: dict[tuple, BM25] = {}   # many tasks are offered the same tools
+
     def lookup_policy(task: dict, episode, rng: random.Random | None = None) -> dict:
         skip = frozenset(task["answer_schema"])
         planned = []
-        for tool in rank_tools(task["question"], list(task["tools"]), descriptions):
+        offered = tuple(task["tools"])
+        if offered not in indexes:
+            indexes[offered] = tool_index(list(offered), descriptions)
+        for tool in rank_tools(task["question"], list(offered), descriptions, indexes[offered]):
             args, complete = lookup_arguments(tool_schemas[tool], task["question"], skip)
             if complete:
                 planned.append((tool, args))

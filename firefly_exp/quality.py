@@ -47,6 +47,8 @@ no task has ``None`` rates.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from typing import Any, Iterable
@@ -71,7 +73,8 @@ def is_identifier(name: str) -> bool:
     return bool(_IDENTIFIER.search(name))
 
 
-def _name_forms(tools: Iterable[str]) -> set[str]:
+@functools.lru_cache(maxsize=256)   # tasks of one run share their offered tools
+def _name_forms(tools: tuple[str, ...]) -> frozenset[str]:
     """The leak-counted spellings of tools (``server/name`` ids) and of their servers."""
     forms: set[str] = set()
     for tool in tools:
@@ -79,7 +82,7 @@ def _name_forms(tools: Iterable[str]) -> set[str]:
         for n in (name, server, tool, f"{server}__{name}"):
             if is_identifier(n):
                 forms |= {n, n.replace("_", "-"), n.replace("-", "_")}
-    return forms
+    return frozenset(forms)
 
 
 def names_leaked(question: str, tools: Iterable[str]) -> list[str]:
@@ -94,7 +97,7 @@ def names_leaked(question: str, tools: Iterable[str]) -> list[str]:
     []
     """
     low = question.casefold()
-    return sorted(f for f in _name_forms(tools) if f.casefold() in low    # the substring test first: cheap
+    return sorted(f for f in _name_forms(tuple(tools)) if f.casefold() in low    # the substring test first: cheap
                   and re.search(rf"(?<![\w-]){re.escape(f.casefold())}(?![\w-])", low))
 
 

@@ -137,6 +137,17 @@ def test_bm25_ranks_the_described_tool_first():
     assert quality.recall_at_k(t, index, k=1) == 0.5
 
 
+def test_bm25_scores_from_postings_equal_the_per_document_score():
+    # rank() visits only the documents holding a query term; the sums must be the very floats score() gives
+    from firefly_exp import lexical
+    docs = [lexical.words(d) for d in quality.tool_documents(CATALOG).values()] + [[], ["cup", "cups", "cup"]]
+    index = lexical.BM25(docs)
+    for q in ("How many liters are 250 cups?", "branches branch of the repository", "zzz", ""):
+        query = lexical.words(q)
+        assert index.scores(query) == [index.score(query, i) for i in range(len(docs))]
+    assert index.scores(lexical.words("cups"))[-1] > 0 and index.scores(lexical.words("cups"))[-2] == 0
+
+
 def test_rates_per_split():
     recipe = task(RECIPE, [CONVERT, BRANCH], {"converted_value": 0.0591, "branch": "Created branch 'id' from 'main'"},
                   {"converted_value": (0, "converted_value"), "branch": (1, "")}, split="train")

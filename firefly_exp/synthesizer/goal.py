@@ -19,6 +19,8 @@ question passes: no tool or server named, no parameter key, no step, no JSON pat
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from typing import Any
@@ -310,13 +312,18 @@ def leaf_words(path: str, value: Any, row: dict, names: set[str]) -> tuple[str, 
     return phrase, words
 
 
-def run_names(tools: dict) -> set[str]:
+def run_names(tools: dict) -> frozenset[str]:
     """Every tool name and server id of the run, and the parts of a hyphenated server id."""
+    return _run_names(frozenset(tools))
+
+
+@functools.lru_cache(maxsize=8)
+def _run_names(keys: frozenset[str]) -> frozenset[str]:
     out: set[str] = set()
-    for key in tools:
+    for key in keys:
         server, _, tool = key.partition("/")
         out |= {server.lower(), tool.lower(), *server.lower().split("-")}
-    return out
+    return frozenset(out)
 
 
 def _row(tools: dict, call: dict) -> dict:
