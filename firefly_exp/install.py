@@ -11,6 +11,12 @@ go into ``<install_dir>/npm`` from the committed, locked manifest ``servers/npm/
 
 Installs are idempotent: each prefix gets ``.firefly-installed.json`` holding a hash of what was
 installed, written last, and a later run skips every prefix whose hash still matches.
+
+Installed is not enough: each server is then started once in a throwaway seeded sandbox and asked for
+its tools (:func:`smoke_check`). A server that dies (an ``ImportError`` from a too-new dependency, a
+missing native module) is reported FAILED with the last line of its stderr, and the install exits 1
+naming every failed server. A passed check is remembered in ``<install_dir>/.firefly-started.json``
+(per server, with a hash of the install and the launch entry) and not repeated until either changes.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "conf" / "servers" / "catalog.yaml"
 NPM_MANIFEST = ROOT / "servers" / "npm"
 MARKER = ".firefly-installed.json"
+STARTED = ".firefly-started.json"
 INSTALL_TIMEOUT_S = 900
+START_TIMEOUT_S = 120
 
 _print_lock = threading.Lock()
 
@@ -201,31 +209,52 @@ def _npm_versions(prefix: Path, specs: list[dict]) -> dict[str, str]:
     return versions
 
 
+def pinned_manifest(manifest: dict | None, group: str, specs: list[dict]) -> dict:
+    """The group's ``package.json``: the committed one (its other entries kept: helper packages,
+    ``allowScripts``) with every spec's package pinned at the catalog's version; a new one when none.
+
+    >>> pinned_manifest(None, "npm-extra", [{"package": "time-mcp", "version": "1.0.6"}])["dependencies"]
+    {'time-mcp': '1.0.6'}
+    >>> old = {"name": "x", "dependencies": {"b": "1", "a": "0.1"}}
+    >>> pinned_manifest(old, "npm", [{"package": "a", "version": "0.2"}])["dependencies"]
+    {'a': '0.2', 'b': '1'}
+    """
+    out = dict(manifest or {"name": f"firefly-exp-{group}-servers", "private": True,
+                            "description": f"The {group} MCP servers of conf/servers/catalog.yaml, pinned; written "
+                                           f"by `python -m firefly_exp.install`, installed with `npm ci`."})
+    deps = dict(out.get("dependencies") or {})
+    deps.update({s["package"]: str(s["version"]) for s in specs})
+    out["dependencies"] = dict(sorted(deps.items()))
+    return out
+
+
 def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None = None) -> dict[str, tuple[str, str]]:
     """Install npm servers of one group into its prefix; {id: (status, version)} (raises for all).
 
     The group (``npm_group`` of the specs, default ``npm``) names both the prefix
-    ``<install_dir>/<group>`` and the committed manifest ``servers/<group>/``.
+    ``<install_dir>/<group>`` and the committed manifest ``servers/<group>/``. A spec the manifest
+    does not pin (a new catalog entry, a changed version) is pinned there (:func:`pinned_manifest`) and
+    the lock regenerated (``npm install --package-lock-only``), to be committed; then ``npm ci``.
     """
     group = npm_group(specs[0]) if specs else "npm"
     manifest_dir = Path(manifest_dir) if manifest_dir is not None else ROOT / "servers" / group
     prefix = Path(install_dir) / group
     manifest_path, lock_path = manifest_dir / "package.json", manifest_dir / "package-lock.json"
-    manifest = json.loads(manifest_path.read_text())
-    deps = dict(manifest.get("dependencies") or {})
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    manifest = pinned_manifest(old, group, specs)
     outcome: dict[str, tuple[str, str]] = {}
-    missing = [s for s in specs if deps.get(s["package"]) != str(s["version"])]
-    for spec in missing:
-        outcome[spec["id"]] = (f"FAILED: {spec['package']}@{spec['version']} is not pinned in "
-                               f"{manifest_path.relative_to(ROOT) if manifest_path.is_relative_to(ROOT) else manifest_path} "
-                               f"(has {deps.get(spec['package'], 'nothing')}); add it and regenerate the lock "
-                               f"with `npm install --package-lock-only`", "?")
-    wanted = [s for s in specs if s not in missing]
-    if not wanted:
-        return outcome
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         raise InstallError("node/npm are not on PATH")
+    if manifest != old or not lock_path.exists():
+        # one catalog entry is enough: its group's manifest and lock are written here (commit them)
+        manifest_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+        _run([npm, "install", "--package-lock-only", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+             cwd=manifest_dir, env={**os.environ, "npm_config_update_notifier": "false"})
+        shown = manifest_dir.relative_to(ROOT) if manifest_dir.is_relative_to(ROOT) else manifest_dir
+        _say(f"  wrote {shown}/package.json and package-lock.json for the catalog's {group} servers: commit both")
+    wanted = list(specs)
     node_version = _run([node, "--version"]).strip()
     lock = lock_path.read_bytes() if lock_path.exists() else b""
     want = _digest({"manifest": manifest_path.read_text(), "lock": hashlib.sha256(lock).hexdigest(),
@@ -257,10 +286,93 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
     return outcome
 
 
+# ------------------------------------------------------------------------------------ smoke check
+
+def _launch_digest(spec: dict, install_dir: Path) -> str:
+    """What a started server depends on: its install marker and its launch entry (not its hints)."""
+    launch = {k: spec.get(k) for k in ("command", "args", "env", "seed", "init_calls", "package", "version")}
+    return _digest({"launch": launch, "installed": _read_marker(install_prefix(spec, install_dir)).get("hash")})
+
+
+def _last_stderr_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+async def _start_and_list(spec: dict, install_dir: Path, sandbox: Path) -> int:
+    from firefly_exp.mcp_client import ServerHandle
+    from firefly_exp.sandbox import seed_sandbox
+
+    seed_sandbox(sandbox, [spec])
+    handle = ServerHandle(spec, install_dir, sandbox, START_TIMEOUT_S, START_TIMEOUT_S, log_dir=sandbox / ".logs")
+    try:
+        await handle.start()
+        return len(await handle.list_tools())
+    finally:
+        await handle.close()
+
+
+def smoke_start(spec: dict, install_dir: Path) -> tuple[bool, str]:
+    """Start one installed server in a throwaway seeded sandbox and list its tools: (ok, "<n> tools" or
+    why not, with the last line of its stderr)."""
+    import asyncio
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"firefly-start-{spec['id']}-") as tmp:
+        sandbox = Path(tmp) / "sandbox"
+        try:
+            n = asyncio.run(_start_and_list(spec, Path(install_dir), sandbox))
+        except Exception as exc:  # noqa: BLE001 - any failure to start is the finding
+            last = _last_stderr_line(sandbox / ".logs" / f"{spec['id']}.stderr.log")
+            why = last or " ".join(str(exc).split())[:300]
+            return False, f"installed, but it does not start: {why}"
+    if n == 0:
+        return False, "installed and started, but it lists no tools"
+    return True, f"{n} tools"
+
+
+def smoke_check(specs: list[dict], install_dir: Path, jobs: int = 3, force: bool = False) -> dict[str, tuple[bool, str]]:
+    """:func:`smoke_start` for every spec whose passed check is not remembered (``force``: all);
+    {id: (ok, detail)}. Passed checks are written to ``<install_dir>/.firefly-started.json``."""
+    install_dir = Path(install_dir).absolute()
+    record_path = install_dir / STARTED
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    out: dict[str, tuple[bool, str]] = {}
+    todo = []
+    for spec in specs:
+        digest = _launch_digest(spec, install_dir)
+        known = record.get(spec["id"]) or {}
+        if not force and known.get("hash") == digest:
+            out[spec["id"]] = (True, f"{known.get('tools')} tools (checked before)")
+        else:
+            todo.append((spec, digest))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for (spec, digest), (ok, detail) in zip(todo, pool.map(lambda t: smoke_start(t[0], install_dir), todo)):
+            out[spec["id"]] = (ok, detail)
+            if ok:
+                record[spec["id"]] = {"hash": digest, "tools": int(detail.split()[0])}
+            else:
+                record.pop(spec["id"], None)
+    if todo:
+        install_dir.mkdir(parents=True, exist_ok=True)
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        tmp.replace(record_path)
+    return out
+
+
 # -------------------------------------------------------------------------------------- together
 
-def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict[str, str]:
-    """Install every spec (PyPI in parallel, npm as one job); {id: status}, never raises for one server.
+def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3, check: bool = True,
+                    force_check: bool = False) -> dict[str, str]:
+    """Install every spec (PyPI in parallel, npm as one job), then start each installed one once
+    (:func:`smoke_check`, unless ``check`` is false); {id: status}, never raises for one server.
 
     A status is ``installed``, ``up to date`` or ``FAILED: <reason>``; one line per server is printed.
     """
@@ -312,6 +424,13 @@ def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3) -> dict
         futures += [pool.submit(pypi_job, spec) for spec in by_registry.get("pypi", [])]
         for future in futures:
             future.result()
+    if check:
+        ready = [spec for spec in specs if not results[spec["id"]].startswith("FAILED")]
+        _say(f"starting {len(ready)} installed server(s) once to list their tools")
+        for sid, (ok, detail) in smoke_check(ready, install_dir, jobs=jobs, force=force_check).items():
+            if not ok:
+                results[sid] = f"FAILED: {detail}"
+            _say(f"  {sid:<18} {'started: ' + detail if ok else 'FAILED: ' + detail}")
     failed = [sid for sid, status in results.items() if status.startswith("FAILED")]
     _say(f"{len(results) - len(failed)}/{len(results)} server(s) ready in {time.perf_counter() - started:.1f}s"
          + (f"; FAILED: {', '.join(sorted(failed))}" if failed else ""))
@@ -326,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-dir", type=Path, default=ROOT / ".servers",
                         help="where environments go (default: <project>/.servers)")
     parser.add_argument("--jobs", type=int, default=3, help="installs run in parallel (default 3)")
+    parser.add_argument("--no-check", action="store_true", help="do not start each server once after installing")
+    parser.add_argument("--recheck", action="store_true", help="start every server again, even one checked before")
     parser.add_argument("--catalog", type=Path, default=CATALOG, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -334,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [i for i in ids if i not in catalog]
     if unknown:
         parser.error(f"unknown server id(s): {', '.join(unknown)} (catalog has: {', '.join(catalog)})")
-    results = install_servers([catalog[i] for i in ids], args.install_dir, jobs=args.jobs)
+    results = install_servers([catalog[i] for i in ids], args.install_dir, jobs=args.jobs, check=not args.no_check,
+                              force_check=args.recheck)
     failed = sorted(sid for sid, status in results.items() if status.startswith("FAILED"))
     if failed:   # one failed server fails the install (make servers-full used to exit 0 with 7 of 31 failed)
         print(f"install failed for {len(failed)} server(s): {', '.join(failed)}", file=sys.stderr)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -66,6 +67,7 @@ def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
             "tools": len(tools), "tools_answered": len(answered),
             "answered_fraction": round(len(answered) / max(len(tools), 1), 4),
+            "answered_by_server": dict(sorted(Counter(t.split("/", 1)[0] for t in answered).items())),
             "volatile_found": len(volatile), "volatile_tools": volatile}
 
 

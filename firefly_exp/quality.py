@@ -41,8 +41,10 @@ The rules, precisely (each function's docstring has examples):
 
 Rates: ``*_leak_rate``/``step_structure_rate``/``single_call_share`` over tasks;
 ``confirmation_answer_rate``/``echo_answer_rate`` over answer fields, with ``confirmation_task_rate``/
-``echo_task_rate`` the share of tasks with at least one such field; means over tasks. A split with
-no task has ``None`` rates.
+``echo_task_rate`` the share of tasks with at least one such field; ``error_answer_rate`` the share of
+answer fields that read as an error message and ``placeholder_task_rate`` the share of tasks whose every
+argument is a type default (:func:`placeholder_task`); means over tasks. A split with no task has
+``None`` rates.
 """
 
 from __future__ import annotations
@@ -242,6 +244,33 @@ def confirmation_fields(task: dict, catalog: dict[str, dict]) -> list[str]:
     return out
 
 
+#: the explorer's non-numeric type defaults (explorer/proposal.py ``_type_default``): what a text, list or
+#: object parameter gets when nothing told the proposer a value (a number's default, 1, is too often meant)
+PLACEHOLDERS = frozenset(normalise(v) for v in ("example", "", [], {}, ["example"]))
+
+
+def placeholder_task(task: dict) -> bool:
+    """Whether every argument of every gold call is a placeholder (a type default such as ``"example"``),
+    at least one argument given: a task built on what no description or result suggested.
+
+    >>> placeholder_task({"gold_calls": [{"arguments": {"country": "example", "tags": []}}]})
+    True
+    >>> placeholder_task({"gold_calls": [{"arguments": {"country": "FR", "n": 1}}, {"arguments": {}}]})
+    False
+    >>> placeholder_task({"gold_calls": [{"arguments": {}}]})   # a tool that needs nothing
+    False
+    """
+    args = [v for c in task["gold_calls"] for v in (c.get("arguments") or {}).values()]
+    return bool(args) and all(normalise(v) in PLACEHOLDERS for v in args)
+
+
+def error_fields(task: dict) -> list[str]:
+    """The answer fields whose value reads as an error message (:func:`firefly_exp.answers.error_text`)."""
+    from .answers import error_text
+
+    return [k for k, v in task["answer"].items() if error_text(v)]
+
+
 def echo_fields(task: dict) -> list[str]:
     """The task's answer fields whose value (normalised) is a scalar inside a gold call's arguments.
 
@@ -309,6 +338,8 @@ def task_checks(task: dict, catalog: dict[str, dict], index: BM25) -> dict:
             "answer_fields": len(task["answer"]),
             "confirmation_fields": len(confirmation_fields(task, catalog)),
             "echo_fields": len(echo_fields(task)),
+            "error_fields": len(error_fields(task)),
+            "placeholder": placeholder_task(task),
             "calls": len(task["gold_calls"]),
             "recall_at_5": recall_at_k(task, index)}
 
@@ -337,6 +368,8 @@ def rates(checks: list[dict]) -> dict:
             "confirmation_task_rate": share((c["confirmation_fields"] > 0 for c in checks), n),
             "echo_answer_rate": share((c["echo_fields"] for c in checks), fields),
             "echo_task_rate": share((c["echo_fields"] > 0 for c in checks), n),
+            "error_answer_rate": share((c.get("error_fields", 0) for c in checks), fields),
+            "placeholder_task_rate": share((c.get("placeholder", False) for c in checks), n),
             "answer_fields_mean": share((c["answer_fields"] for c in checks), n),
             "single_call_share": share((c["calls"] == 1 for c in checks), n),
             "calls_per_task_mean": share((c["calls"] for c in checks), n),

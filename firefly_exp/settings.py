@@ -148,6 +148,8 @@ class ServersSettings(Group):
     startup_timeout_s: float = Field(gt=0, le=3600, description="spawn + initialize, per server")
     call_timeout_s: float = Field(gt=0, le=3600, description="one tools/call")
     install_dir: str = runtime(description="the servers' install prefix (paths.servers)")
+    use_hints: bool = Field(True, description="false: every entry's hints, init_calls and always_fill are "
+                                              "dropped, as for a server a user adds with none (+experiment=no_hints)")
 
     @model_validator(mode="after")
     def _known_servers(self):
@@ -160,8 +162,10 @@ class ServersSettings(Group):
         return self
 
     def specs(self) -> dict[str, dict]:
-        """The enabled catalog entries as plain dicts, each with its id."""
-        return {sid: {**self.catalog[sid].plain(), "id": sid} for sid in self.enabled}
+        """The enabled catalog entries as plain dicts, each with its id (without the hand-written help when
+        ``use_hints`` is false)."""
+        none = {} if self.use_hints else {"hints": {}, "init_calls": [], "always_fill": []}
+        return {sid: {**self.catalog[sid].plain(), **none, "id": sid} for sid in self.enabled}
 
 
 class GraphWeights(Group):

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from .stage import RunContext, StageResult
@@ -23,8 +24,7 @@ def finish(ctx: RunContext, results: dict[str, StageResult]) -> dict:
     """Add the counts, task statistics, eval scores, simulator fidelity and LM cost to the summary."""
     s, r = ctx.summary, results
     s["wall_s"] = round(time.perf_counter() - s.pop("started"), 3)
-    s["servers"] = [{k: rep.get(k) for k in ("id", "status", "server_version", "n_tools", "tools_hash", "reason")}
-                    for rep in json.loads((r["servers"].folder / "servers.json").read_text())]
+    s["servers"] = server_yield(ctx, r)
     held_out = [t for t in r["synthesizer"].value if t["split"] == ctx.settings.eval.split]
     s["counts"] = {"servers": r["servers"].metrics["servers"], "tools": r["servers"].metrics["tools"],
                    "edges": r["graph"].metrics["edges"], "dags": r["sampler"].metrics["dags"],
@@ -42,6 +42,24 @@ def finish(ctx: RunContext, results: dict[str, StageResult]) -> dict:
     s["cost"] = {"lm_cost_usd": round(sum(m.get("lm_cost_usd") or 0 for m in stages), 6),
                  "lm_calls": sum(m.get("lm_calls") or 0 for m in stages)}
     return s
+
+
+def server_yield(ctx: RunContext, r: dict[str, StageResult]) -> dict:
+    """``servers.<id>``: each server's launch report and what it gave at every stage (tools, tools the probe
+    got an answer from, explored calls and errors, verified tasks using it), so the server that needs
+    attention shows at once; ``servers.hint_free``: the enabled servers whose catalog entry has no hints."""
+    probe = r["probe"].metrics.get("answered_by_server", {}) if "probe" in r else {}
+    calls, errors = (r["explorer"].metrics.get(k, {}) for k in ("calls_by_server", "errors_by_server"))
+    tasks = Counter(sv for t in r["synthesizer"].value for sv in {c["server"] for c in t["gold_calls"]})
+    out: dict = {}
+    for rep in json.loads((r["servers"].folder / "servers.json").read_text()):
+        sv = rep["id"]
+        out[sv] = {**{k: rep.get(k) for k in ("status", "server_version", "n_tools", "tools_hash", "reason")},
+                   "probe_answered_tools": probe.get(sv, 0) if "probe" in r else None,
+                   "explored_calls": calls.get(sv, 0), "explored_errors": errors.get(sv, 0),
+                   "verified_tasks": tasks.get(sv, 0)}
+    out["hint_free"] = sorted(sv for sv, spec in ctx.specs.items() if not spec.get("hints"))
+    return out
 
 
 def headline(summary: dict) -> dict:

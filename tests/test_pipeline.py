@@ -41,7 +41,7 @@ def test_runs_end_to_end_with_verified_tasks(smoke_runs):
     calls = {(c["server"], c["tool"]) for t in tasks for c in t["gold_calls"]}
     read_only = {r["tool"]: r["read_only"] for r in
                  pl.read_parquet(first["stages"]["servers"]["folder"] + "/tools.parquet").to_dicts()}
-    stateful = {s["id"] for s in first["servers"]} & {"sqlite", "memory", "git", "filesystem", "mcp-sqlite", "text-editor"}
+    stateful = (set(first["servers"]) - {"hint_free"}) & {"sqlite", "memory", "git", "filesystem", "mcp-sqlite", "text-editor"}
     assert any(server in stateful for server, _ in calls)             # a stateful server is exercised
     for task in tasks:
         assert task["answer"] and set(task["answer"]) == set(task["provenance"]) == set(task["answer_schema"])
@@ -111,7 +111,21 @@ def test_summary_latest_and_mlflow(smoke_runs):
     for stage in ("servers", "graph", "sampler", "explorer", "simulator", "synthesizer", "eval"):
         assert summary["stages"][stage]["wall_s"] >= 0 and "metrics" in summary["stages"][stage]
     assert (tmp / "outputs" / "latest").resolve() == (tmp / "run3").resolve()   # the newest run
-    assert all(s["server_version"] and s["tools_hash"] for s in summary["servers"] if s["status"] == "ok")
+    servers = {sv: rep for sv, rep in summary["servers"].items() if sv != "hint_free"}
+    assert all(s["server_version"] and s["tools_hash"] for s in servers.values() if s["status"] == "ok")
+    # per-server yield: the counts add up to the run's, and every server that made a task is credited
+    tasks = [json.loads(line) for line in open(Path(summary["stages"]["synthesizer"]["folder"]) / "tasks.jsonl")]
+    assert sum(s["explored_calls"] for s in servers.values()) == summary["stages"]["explorer"]["metrics"]["calls"]
+    assert sum(s["n_tools"] or 0 for s in servers.values()) == summary["counts"]["tools"]
+    for sv, rep in servers.items():
+        assert rep["verified_tasks"] == sum(any(c["server"] == sv for c in t["gold_calls"]) for t in tasks)
+        assert 0 <= rep["explored_errors"] <= rep["explored_calls"]
+        assert rep["probe_answered_tools"] is None or 0 <= rep["probe_answered_tools"] <= rep["n_tools"]
+    assert any(rep["verified_tasks"] for rep in servers.values())
+    from firefly_exp.settings import ServersSettings
+    from firefly_exp.simulator.__main__ import load_run
+    specs = ServersSettings(**load_run(summary["run_dir"])[1]["servers"]).specs()
+    assert summary["servers"]["hint_free"] == sorted(sv for sv, spec in specs.items() if not spec.get("hints"))
     mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
     parent = mlflow.get_run(summary["mlflow"]["run_id"])
     children = mlflow.search_runs(experiment_ids=[summary["mlflow"]["experiment_id"]],

@@ -121,6 +121,33 @@ def test_default_servers_install_apart_from_the_full_catalog():
     assert set(default_npm) == {CATALOG[s]["package"] for s in ENABLED if CATALOG[s]["registry"] == "npm"}
 
 
+@pytest.mark.parametrize("group", sorted(p.name for p in (ROOT / "servers").iterdir() if p.is_dir()))
+def test_committed_npm_locks_are_in_sync_with_the_catalog(group):
+    """What `npm ci` checks before it installs (the full catalog's lock once fell out of sync and
+    `make servers-full` failed on a fresh machine): the lock's root holds exactly the manifest's pins,
+    each locked at that version, and the manifest pins every catalog entry of the group at its version."""
+    from firefly_exp.install import pinned_manifest
+
+    manifest = json.loads((ROOT / "servers" / group / "package.json").read_text())
+    lock = json.loads((ROOT / "servers" / group / "package-lock.json").read_text())
+    assert lock["packages"][""]["dependencies"] == manifest["dependencies"]
+    for package, version in manifest["dependencies"].items():
+        assert lock["packages"][f"node_modules/{package}"]["version"] == version, package
+    entries = [s for s in CATALOG.values() if s.get("registry") == "npm" and (s.get("npm_group") or "npm") == group]
+    assert entries and pinned_manifest(manifest, group, entries) == manifest   # the installer would write nothing
+
+
+def test_no_hints_experiment_drops_every_hand_written_help(config):
+    """+experiment=no_hints: the default servers with package, command, env and seed only."""
+    hinted = load_settings(config()).servers.specs()
+    bare = load_settings(config("+experiment=no_hints")).servers.specs()
+    assert set(bare) == set(hinted) and any(s["hints"] for s in hinted.values())
+    for sid, spec in bare.items():
+        assert spec["hints"] == {} and spec["init_calls"] == [] and spec["always_fill"] == []
+        assert {k: v for k, v in spec.items() if k not in ("hints", "init_calls", "always_fill")} == \
+            {k: v for k, v in hinted[sid].items() if k not in ("hints", "init_calls", "always_fill")}
+
+
 def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_path):
     """`+experiment=full` on a machine without the full catalog: one line, naming `make servers-full`."""
     cfg = config("+experiment=full", f"servers.install_dir={tmp_path}/nothing-installed")
@@ -133,6 +160,35 @@ def test_full_experiment_without_its_servers_is_a_one_line_error(config, tmp_pat
     only_default = {sid: specs[sid] for sid in ("time", "git")}
     with pytest.raises(ConfigError, match=r"run `make servers`"):
         check_installed(only_default, Path(cfg.servers.install_dir))
+
+
+def test_install_check_catches_a_server_that_dies_at_import(tmp_path, capsys, monkeypatch):
+    """Installed is not started: a server whose import fails is FAILED with its stderr's last line, a
+    working one passes and is remembered, and the installer's exit status names the failure."""
+    import sys
+
+    from firefly_exp import install
+
+    fixtures = Path(__file__).parent / "fixtures"
+    broken = {"id": "broken", "registry": "pypi", "command": sys.executable, "args": [str(fixtures / "dies_at_import.py")]}
+    working = {"id": "counter", "registry": "pypi", "command": sys.executable, "args": [str(fixtures / "counter_server.py")]}
+    out = install.smoke_check([broken, working], tmp_path)
+    ok, why = out["broken"]
+    assert not ok and "ImportError: cannot import name 'model_validator'" in why and "\n" not in why
+    assert out["counter"][0] and out["counter"][1].endswith("tools")
+    record = json.loads((tmp_path / install.STARTED).read_text())
+    assert set(record) == {"counter"}                               # a failure is never remembered as passed
+    again = install.smoke_check([broken, working], tmp_path)        # the passed check is not repeated
+    assert "checked before" in again["counter"][1] and not again["broken"][0]
+    # through the installer's command line (the install itself stubbed: both entries are local scripts)
+    monkeypatch.setattr(install, "install_pypi", lambda spec, install_dir: ("installed", "0"))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(json.dumps({"catalog": {s["id"]: {k: v for k, v in s.items() if k != "id"}
+                                               for s in (broken, working)}}))
+    code = install.main(["--catalog", str(catalog), "--install-dir", str(tmp_path), "--recheck"])
+    printed = capsys.readouterr()
+    assert code == 1 and "install failed for 1 server(s): broken" in printed.err
+    assert "broken" in printed.out and "does not start: ImportError" in printed.out
 
 
 def test_servers_config_composes():

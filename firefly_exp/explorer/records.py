@@ -10,6 +10,7 @@ DAG index, a file that depends only on the DAGs and the servers.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, TypedDict
 
@@ -128,7 +129,10 @@ def exploration_metrics(folder: Path, skipped: int = 0, wall_s: float | None = N
            "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
            "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
            "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
-           **{f"failure_rate.{s}": round(e / n, 4) for s, (n, e) in sorted(per_server.items())}, **extra}
+           **{f"failure_rate.{s}": round(e / n, 4) for s, (n, e) in sorted(per_server.items())},
+           # per server, over the kept trajectories' calls (summary.json servers.<id>)
+           "calls_by_server": dict(sorted(Counter(c["server"] for c in calls).items())),
+           "errors_by_server": dict(sorted(Counter(c["server"] for c in calls if c["is_error"]).items())), **extra}
     if wall_s:
         out["dags_per_s"] = round(len(trajs) / wall_s, 3) if trajs else 0.0
     return out
