@@ -242,7 +242,6 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
     manifest_path, lock_path = manifest_dir / "package.json", manifest_dir / "package-lock.json"
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     manifest = pinned_manifest(old, group, specs)
-    outcome: dict[str, tuple[str, str]] = {}
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
         raise InstallError("node/npm are not on PATH")
@@ -254,15 +253,14 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
              cwd=manifest_dir, env={**os.environ, "npm_config_update_notifier": "false"})
         shown = manifest_dir.relative_to(ROOT) if manifest_dir.is_relative_to(ROOT) else manifest_dir
         _say(f"  wrote {shown}/package.json and package-lock.json for the catalog's {group} servers: commit both")
-    wanted = list(specs)
     node_version = _run([node, "--version"]).strip()
     lock = lock_path.read_bytes() if lock_path.exists() else b""
     want = _digest({"manifest": manifest_path.read_text(), "lock": hashlib.sha256(lock).hexdigest(),
                     "node": node_version})
     marker = _read_marker(prefix)
-    if marker.get("hash") == want and all(command_path(s, install_dir).exists() for s in wanted):
-        versions = _npm_versions(prefix, wanted)
-        return {**outcome, **{s["id"]: ("up to date", versions[s["id"]]) for s in wanted}}
+    if marker.get("hash") == want and all(command_path(s, install_dir).exists() for s in specs):
+        versions = _npm_versions(prefix, specs)
+        return {s["id"]: ("up to date", versions[s["id"]]) for s in specs}
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / MARKER).unlink(missing_ok=True)
     shutil.copyfile(manifest_path, prefix / "package.json")
@@ -273,8 +271,9 @@ def install_npm(specs: list[dict], install_dir: Path, manifest_dir: Path | None 
         _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
     else:
         _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=prefix, env=env)
-    versions = _npm_versions(prefix, wanted)
-    for spec in wanted:
+    versions = _npm_versions(prefix, specs)
+    outcome: dict[str, tuple[str, str]] = {}
+    for spec in specs:
         if not command_path(spec, install_dir).exists():
             outcome[spec["id"]] = (f"FAILED: installed, but its command {command_path(spec, install_dir)} is missing", "?")
         elif versions[spec["id"]] != str(spec["version"]):
@@ -315,9 +314,9 @@ async def _start_and_list(spec: dict, install_dir: Path, sandbox: Path) -> int:
         await handle.close()
 
 
-def smoke_start(spec: dict, install_dir: Path) -> tuple[bool, str]:
-    """Start one installed server in a throwaway seeded sandbox and list its tools: (ok, "<n> tools" or
-    why not, with the last line of its stderr)."""
+def smoke_start(spec: dict, install_dir: Path) -> tuple[int | None, str]:
+    """Start one installed server in a throwaway seeded sandbox and list its tools: (its number of tools,
+    "") when it starts and lists some, else (None, why not, with the last line of its stderr)."""
     import asyncio
     import tempfile
 
@@ -328,10 +327,10 @@ def smoke_start(spec: dict, install_dir: Path) -> tuple[bool, str]:
         except Exception as exc:  # noqa: BLE001 - any failure to start is the finding
             last = _last_stderr_line(sandbox / ".logs" / f"{spec['id']}.stderr.log")
             why = last or " ".join(str(exc).split())[:300]
-            return False, f"installed, but it does not start: {why}"
+            return None, f"installed, but it does not start: {why}"
     if n == 0:
-        return False, "installed and started, but it lists no tools"
-    return True, f"{n} tools"
+        return None, "installed and started, but it lists no tools"
+    return n, ""
 
 
 def smoke_check(specs: list[dict], install_dir: Path, jobs: int = 3, force: bool = False) -> dict[str, tuple[bool, str]]:
@@ -353,10 +352,10 @@ def smoke_check(specs: list[dict], install_dir: Path, jobs: int = 3, force: bool
         else:
             todo.append((spec, digest))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for (spec, digest), (ok, detail) in zip(todo, pool.map(lambda t: smoke_start(t[0], install_dir), todo)):
-            out[spec["id"]] = (ok, detail)
-            if ok:
-                record[spec["id"]] = {"hash": digest, "tools": int(detail.split()[0])}
+        for (spec, digest), (n, why) in zip(todo, pool.map(lambda t: smoke_start(t[0], install_dir), todo)):
+            out[spec["id"]] = (n is not None, f"{n} tools" if n is not None else why)
+            if n is not None:
+                record[spec["id"]] = {"hash": digest, "tools": n}
             else:
                 record.pop(spec["id"], None)
     if todo:

@@ -56,6 +56,7 @@ import re
 from typing import Any, Iterable
 
 from . import lexical
+from .answers import error_text
 from .results import leaves, normalise, value_of
 
 SPLITS = ("train", "test", "all")
@@ -266,8 +267,6 @@ def placeholder_task(task: dict) -> bool:
 
 def error_fields(task: dict) -> list[str]:
     """The answer fields whose value reads as an error message (:func:`firefly_exp.answers.error_text`)."""
-    from .answers import error_text
-
     return [k for k, v in task["answer"].items() if error_text(v)]
 
 
@@ -348,7 +347,8 @@ def rates(checks: list[dict]) -> dict:
     """The rates of a list of :func:`task_checks` (``None`` for an empty list).
 
     >>> c = {"tool_name_leak": True, "step_structure": False, "path_leak": False, "answer_fields": 2,
-    ...      "confirmation_fields": 1, "echo_fields": 0, "calls": 1, "recall_at_5": 1.0}
+    ...      "confirmation_fields": 1, "echo_fields": 0, "error_fields": 0, "placeholder": False, "calls": 1,
+    ...      "recall_at_5": 1.0}
     >>> r = rates([c, {**c, "tool_name_leak": False, "answer_fields": 2, "confirmation_fields": 0, "calls": 3}])
     >>> r["tool_name_leak_rate"], r["confirmation_answer_rate"], r["confirmation_task_rate"], r["single_call_share"]
     (0.5, 0.25, 0.5, 0.5)
@@ -368,8 +368,8 @@ def rates(checks: list[dict]) -> dict:
             "confirmation_task_rate": share((c["confirmation_fields"] > 0 for c in checks), n),
             "echo_answer_rate": share((c["echo_fields"] for c in checks), fields),
             "echo_task_rate": share((c["echo_fields"] > 0 for c in checks), n),
-            "error_answer_rate": share((c.get("error_fields", 0) for c in checks), fields),
-            "placeholder_task_rate": share((c.get("placeholder", False) for c in checks), n),
+            "error_answer_rate": share((c["error_fields"] for c in checks), fields),
+            "placeholder_task_rate": share((c["placeholder"] for c in checks), n),
             "answer_fields_mean": share((c["answer_fields"] for c in checks), n),
             "single_call_share": share((c["calls"] == 1 for c in checks), n),
             "calls_per_task_mean": share((c["calls"] for c in checks), n),
