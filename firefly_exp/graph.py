@@ -43,7 +43,7 @@ import polars as pl
 
 from . import servers
 from .answers import answer_fields
-from .schemas import name_pattern
+from .schemas import declared_schema, name_pattern
 from .settings import ConfigError, GraphSettings, GraphThresholds
 from .stage import RunContext, Stage, StageResult, with_lm_usage
 from .store import write_json_atomic
@@ -247,9 +247,8 @@ def _drop_incoherent(candidates: list[dict], rows: list[dict], settings: GraphSe
 
 
 def _output_schema(row: dict, inferred: dict) -> dict | None:
-    if row.get("output_schema"):
-        return json.loads(row["output_schema"])
-    return inferred.get(row["tool"])
+    """The declared output schema, else (none, or an open one: :func:`schemas.open_schema`) the inferred one."""
+    return declared_schema(row.get("output_schema")) or inferred.get(row["tool"])
 
 
 class _Keys:
@@ -475,7 +474,7 @@ def _inferred_schemas(rows: list[dict], settings: GraphSettings, inputs: GraphIn
     seen_calls = list(inputs.probe_calls or []) + list(inputs.observed_calls or [])
     if not (seen_calls and settings.infer_schemas):
         return {}
-    inferred = infer_output_schemas(seen_calls, {r["tool"] for r in rows if not r.get("output_schema")})
+    inferred = infer_output_schemas(seen_calls, {r["tool"] for r in rows if declared_schema(r.get("output_schema")) is None})
     pl.DataFrame([{"tool": t, "inferred_output_schema": json.dumps(s, sort_keys=True),
                    "observed": s.get("x-observed", 0)} for t, s in inferred.items()],
                  schema={"tool": pl.Utf8, "inferred_output_schema": pl.Utf8, "observed": pl.Int64}

@@ -13,6 +13,10 @@ restart per tool (basic-memory takes ~5 s to start) and only ever adds context t
 
     metrics = probe_tools(tools, ctx, settings)     # ctx: the run's specs, folders and seed
 
+A tool whose call failed is probed a second time (``second/``) with what the first pass saw and
+repaired (:class:`firefly_exp.explorer.values.Knowledge`: a table name another tool listed, a value an
+error text named); its calls follow the first pass's in what the graph and the explorer read.
+
 Then every tool is probed once more (``repeat/``), at least :data:`REPEAT_GAP_S` later, on a sandbox
 whose seeded files are dated :data:`MTIME_SHIFT_S` later: a tool that answers the same arguments
 differently reads the wall clock, a file's times or something else that changes from run to run
@@ -32,15 +36,17 @@ from pathlib import Path
 import polars as pl
 
 from . import explorer
+from .explorer.values import Knowledge
+from .results import value_of
 from .sandbox import SEED_MTIME
 from .servers import VOLATILE
 from .settings import ExplorerSettings, Settings
 from .stage import RunContext, Stage, StageResult
 
 
-def probe_dags(tools: pl.DataFrame) -> list[dict]:
+def probe_dags(tools: pl.DataFrame, prefix: str = "probe") -> list[dict]:
     """One single-node DAG per tool, in a stable order."""
-    return [{"id": f"probe-{row['tool']}", "index": i, "nodes": [row["tool"]], "edges": [], "shape": "single",
+    return [{"id": f"{prefix}-{row['tool']}", "index": i, "nodes": [row["tool"]], "edges": [], "shape": "single",
              "servers": [row["server"]], "depth": 1}
             for i, row in enumerate(tools.sort("tool").to_dicts())]
 
@@ -55,14 +61,30 @@ def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings
                                explorer.HeuristicProposer())
     metrics = explorer.explore(probe_dags(tools), run, ctx.out)
     _, calls = explorer.load_trajectories(ctx.out)
+    # a second pass for the tools that failed, with what the first pass saw and repaired (a table name
+    # another tool listed, a unit an error named): the same for any scheduling, as every first-pass call is in
+    knowledge = Knowledge.from_calls(calls, value_of)
     answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
+    failed = tools.filter(~pl.col("tool").is_in(sorted(answered)))
+    if failed.height and knowledge.observed:
+        second = explorer.Exploration(failed, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe-2", session,
+                                      ctx.seed, explorer.HeuristicProposer(), knowledge)
+        explorer.explore(probe_dags(failed, SECOND), second, ctx.out / SECOND)
+        calls = calls + explorer.load_trajectories(ctx.out / SECOND)[1]
+        answered = {f"{c['server']}/{c['tool']}" for c in calls if not c["is_error"]}
     # the same calls again, later and on later-dated files: what changes is not the tool's answer
     time.sleep(REPEAT_GAP_S)
     repeat = session.model_copy(update={"seed_mtime": SEED_MTIME + MTIME_SHIFT_S})
     again = explorer.Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe-repeat", repeat,
                                  ctx.seed, explorer.HeuristicProposer())
     explorer.explore(probe_dags(tools), again, ctx.out / REPEAT)
-    volatile = volatile_tools(calls, explorer.load_trajectories(ctx.out / REPEAT)[1])
+    repeated = explorer.load_trajectories(ctx.out / REPEAT)[1]
+    if (ctx.out / SECOND).exists():
+        again2 = explorer.Exploration(failed, ctx.specs, ctx.install_dir, ctx.sandbox_root / "probe-repeat-2", repeat,
+                                      ctx.seed, explorer.HeuristicProposer(), knowledge)
+        explorer.explore(probe_dags(failed, SECOND), again2, ctx.out / REPEAT / SECOND)
+        repeated = repeated + explorer.load_trajectories(ctx.out / REPEAT / SECOND)[1]
+    volatile = volatile_tools(calls, repeated)
     (ctx.out / VOLATILE).write_text(json.dumps(volatile, indent=1) + "\n")
     return {**{k: v for k, v in metrics.items() if k in ("calls", "errors", "wall_s")},
             "tools": len(tools), "tools_answered": len(answered),
@@ -72,6 +94,7 @@ def probe_tools(tools: pl.DataFrame, ctx: RunContext, settings: ExplorerSettings
 
 
 REPEAT = "repeat"
+SECOND = "second"       # the second pass over the tools the first could not get an answer from
 REPEAT_GAP_S = 1.1       # a clock read to the second ticks between the two calls of a tool
 MTIME_SHIFT_S = 90061    # the repeat's seeded files: a day, an hour, a minute and a second later
 
@@ -120,8 +143,12 @@ def run(settings: ExplorerSettings, inputs: dict[str, StageResult], ctx: RunCont
 
 
 def load(folder: Path, ctx: RunContext) -> list[dict]:
-    """The probe's calls (in call order), what the graph reads."""
-    return explorer.load_trajectories(folder)[1]
+    """The probe's calls (in call order; the second pass's after the first), what the graph and the
+    explorer read."""
+    calls = explorer.load_trajectories(folder)[1]
+    if (folder / SECOND).exists():
+        calls = calls + explorer.load_trajectories(folder / SECOND)[1]
+    return calls
 
 
 def _params(settings: ExplorerSettings, ctx: RunContext) -> dict:
@@ -137,4 +164,4 @@ def _skip(settings: Settings) -> str | None:
 
 
 STAGE = Stage("probe", run, load, inputs=("servers",), group="explorer", params=_params, skip=_skip,
-              code=(run, explorer.runtime, explorer.proposal))
+              code=(run, explorer.runtime, explorer.proposal, explorer.values))

@@ -156,6 +156,35 @@ _ERROR_OPENING = re.compile(r"^\W*(?:[\w-]+\s+){0,2}(?:error|exception|traceback
                             re.IGNORECASE)
 
 
+_FAILED_STATUS = {"error", "failed", "failure", "fail", "err"}
+
+
+def error_shaped(value: Any) -> bool:
+    """Whether a result that came back as a success is shaped as a failure at its top level: a
+    ``status``/``state``/``outcome`` of error or failed, a non-empty ``error`` entry (a number is an
+    error *estimate*, not a failure), ``success``/``ok`` false, or a text that opens like an error.
+
+    >>> [error_shaped(v) for v in ({"status": "error", "message": "Request not found"}, {"error": "no such id"},
+    ...                            {"success": False, "reason": "x"}, {"error": None, "rows": 3},
+    ...                            {"value": 1.41, "error": 0.002}, {"status": "ok"}, "Failed to open x", [1])]
+    [True, True, True, False, False, False, True, False]
+    """
+    if isinstance(value, str):
+        return looks_like_error(value)
+    if not isinstance(value, dict):
+        return False
+    low = {str(k).lower(): v for k, v in value.items()}
+    for key in ("status", "state", "outcome"):
+        if isinstance(low.get(key), str) and low[key].strip().lower() in _FAILED_STATUS:
+            return True
+    for key in ("error", "errors", "exception"):
+        v = low.get(key)
+        if v in (None, "", False, [], {}) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            continue
+        return True
+    return any(low.get(key) is False for key in ("success", "ok", "succeeded"))
+
+
 def looks_like_error(text: str) -> bool:
     """A result whose text opens like an error message.
 

@@ -32,7 +32,11 @@ creates or a session id another call returns) joins a DAG only when fed: ``same_
 only through a mapped edge from a tool of its own server, ``skip`` never, ``allow`` like any tool.
 ``server_weights`` (graph-guided only): ``{server: factor}`` multiplies the odds of that server's
 tools at every draw (start, step, branch): below 1 for servers whose DAGs cost far more than others
-(a fresh process per DAG that takes seconds of CPU to start). DAGs are deduplicated by content (nodes and edges). Every DAG records its
+(a fresh process per DAG that takes seconds of CPU to start). ``start_balance`` (graph-guided only):
+``server`` (default) draws a DAG's first tool by drawing a server first (by its weight over one plus
+the DAGs it already started, so kept DAGs spread over the servers), then one of its start tools, and a server none of whose tools meets the
+start rule starts at its tools with any successor; ``tool`` draws among all start tools
+alike, so a server with many tools (16 unit conversions) starts most DAGs. DAGs are deduplicated by content (nodes and edges). Every DAG records its
 nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
 mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes.png``.
 """
@@ -149,6 +153,8 @@ class Walker:
         self.server_weights = {str(k): float(v) for k, v in settings.server_weights.items()}
         self.usage: dict[str, int] = {}
         self.server_usage: dict[str, int] = {}
+        self.start_usage: dict[str, int] = {}
+        self.start_waste: dict[str, int] = {}   # draws started at a server that were rejected or seen before
 
     def server_weight(self, v: str) -> float:
         return self.server_weights.get(v.split("/")[0], 1.0)
@@ -168,10 +174,18 @@ class Walker:
         return w
 
     def record(self, nodes: list[str]) -> None:
-        """Count a kept DAG's tools and servers as used."""
+        """Count a kept DAG's tools and servers as used (and its first tool's server as a start)."""
+        first = nodes[0].split("/")[0]
+        self.start_usage[first] = self.start_usage.get(first, 0) + 1
         for u in nodes:
             self.usage[u] = self.usage.get(u, 0) + 1
             self.server_usage[u.split("/")[0]] = self.server_usage.get(u.split("/")[0], 0) + 1
+
+    def waste(self, start: str) -> None:
+        """Count a draw started at this tool's server that gave no new DAG (a server whose walks keep
+        repeating or failing loses odds: its attempts do not crowd out the others)."""
+        sv = start.split("/")[0]
+        self.start_waste[sv] = self.start_waste.get(sv, 0) + 1
 
     def _fits(self, v: str, nodes: list[str], servers: set[str] | None = None) -> bool:
         servers = {n.split("/")[0] for n in nodes} if servers is None else servers
@@ -253,13 +267,25 @@ class Draw:
     size: int = 0
 
     def start(self) -> str:
-        """A start tool: uniform over ``starts``, or by ``server_weights`` when some are set."""
+        """A start tool: a server first (``start_balance: server``; by ``server_weights``), then one of its
+        start tools; or (``tool``) uniform over ``starts``, or by ``server_weights`` when some are set."""
         w = self.walker
+        if self.settings.start_balance == "server":
+            by_server: dict[str, list[str]] = {}
+            for u in self.starts:
+                by_server.setdefault(u.split("/")[0], []).append(u)
+            names = sorted(by_server)
+            # odds fall with the DAGs a server already started: one whose walks are rejected more often
+            # (no answer sink, an unfed tool) is drawn more, so kept DAGs spread over the servers
+            server = self.rng.choices(names, weights=[w.server_weights.get(n, 1.0) / (
+                1 + w.start_usage.get(n, 0) + WASTE_WEIGHT * w.start_waste.get(n, 0)) for n in names])[0]
+            return self.rng.choice(by_server[server])
         return (self.rng.choices(self.starts, weights=[w.server_weight(u) for u in self.starts])[0]
                 if w.server_weights else self.rng.choice(self.starts))
 
 
 Strategy = Callable[[Draw], tuple[list[str], list[dict]]]
+WASTE_WEIGHT = 0.2   # a draw that gave no new DAG counts a fifth of a kept one against its server's odds
 
 
 # -- start rules: which tools a strategy's DAGs may start at ---------------------------------------------
@@ -275,6 +301,11 @@ def confident_starts(walker: Walker, tools: list[str], settings: SamplerSettings
         starts = [u for u in tools if confident[u] >= settings.min_confident_successors and u not in walker.unfed]
     if not starts:
         starts = [u for u in tools if len(walker.succ[u]) >= need and u not in walker.unfed]
+    if settings.start_balance == "server":
+        # a server none of whose tools meets the rule still starts DAGs: at its tools with a successor
+        have = {u.split("/")[0] for u in starts}
+        starts += [u for u in tools if u.split("/")[0] not in have and walker.succ[u] and u not in walker.unfed
+                   and u not in starts]
     return starts
 
 
@@ -386,9 +417,13 @@ def _draw_dags(graph: nx.DiGraph, strategy: Strategy, proto: Draw, seed: int) ->
         if reason:
             if reason in rejected:
                 rejected[reason] += 1
+            if walker is not None and nodes:
+                walker.waste(nodes[0])
             continue
         dag = _make_dag(nodes, edges, seed, len(dags), s.strategy)
         if dag["id"] in seen:
+            if walker is not None:
+                walker.waste(nodes[0])
             continue
         seen.add(dag["id"])
         dags.append(dag)

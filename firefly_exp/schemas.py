@@ -115,5 +115,35 @@ def infer_output_schemas(calls: list[dict], tools_without_schema: set[str] | Non
     return out
 
 
+def open_schema(schema: Any) -> bool:
+    """Whether a declared output schema says nothing about the fields: none, ``{}``, an object with no
+    ``properties`` (``{"type": "object", "additionalProperties": true}``, what FastMCP 2.x declares for a
+    ``dict`` return), or FastMCP's ``{"result": ...}`` wrapper around such a schema or a bare string. The
+    graph treats it as absent and infers the schema from observed results.
+
+    >>> [open_schema(s) for s in (None, {}, {"type": "object", "additionalProperties": True},
+    ...                           {"type": "object", "properties": {"result": {"type": "string"}}},
+    ...                           {"type": "object", "properties": {"rows": {"type": "array"}}})]
+    [True, True, True, True, False]
+    """
+    if not isinstance(schema, dict) or not schema:
+        return True
+    if schema.get("type") == "array" or "items" in schema:
+        return open_schema(schema.get("items")) and (schema.get("items") or {}).get("type") in (None, "object")
+    props = schema.get("properties")
+    if not isinstance(props, dict) or not props:
+        return True
+    if set(props) == {"result"}:   # FastMCP's wrapper: open when what it wraps is
+        inner = props["result"] if isinstance(props["result"], dict) else {}
+        return inner.get("type") == "string" or open_schema(inner)
+    return False
+
+
+def declared_schema(text: str | None) -> dict | None:
+    """A tool's declared output schema (``tools.parquet`` JSON), None when absent or :func:`open_schema`."""
+    schema = json.loads(text) if text else None
+    return None if open_schema(schema) else schema
+
+
 def schema_json(schema: dict | None) -> str | None:
     return json.dumps(schema, sort_keys=True) if schema else None

@@ -130,6 +130,7 @@ class ServerSpec(Group):
     always_fill: list[str] = []
     volatile_tools: list[str] = []
     read_only_tools: list[str] = []
+    error_shapes: bool = True     # false: a result shaped {"status": "error"} etc. is data for this server
 
     @field_validator("hints", "env", "seed", "args", "volatile_tools", "read_only_tools", "init_calls",
                      "always_fill", mode="before")
@@ -235,6 +236,7 @@ class SamplerSettings(Group):
     answer_sink: bool = True
     probe_failed: Literal["same_server", "skip", "allow"] = "same_server"
     server_weights: dict[str, float] = {}
+    start_balance: Literal["server", "tool"] = "server"
     plot: bool = runtime(True)
 
     @field_validator("target")

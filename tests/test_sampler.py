@@ -202,3 +202,28 @@ def test_every_sampler_config_names_its_strategy_function(config):
         s = load_settings(config(f"sampler={name}")).sampler
         assert isinstance(s, SamplerSettings) and s.target == f"firefly_exp.sampler.{name}" and s.strategy == name
         assert list(inspect.signature(getattr(sampler, name)).parameters) == ["draw"]
+
+
+def test_start_balance_spreads_first_tools_over_servers(tmp_path):
+    """start_balance: server draws a server first, so a server with many tools starts no more DAGs than one
+    with a single tool; `tool` draws among all start tools alike (the big server starts most)."""
+    g = nx.DiGraph()
+    big = [f"big/t{i}" for i in range(12)]
+    for u in big + ["small/a", "small/b"]:
+        g.add_node(u, server=u.split("/")[0])
+    for i, u in enumerate(big):
+        for v in (big[(i + 1) % 12], big[(i + 2) % 12], "small/a"):
+            g.add_edge(u, v, score=0.8, confidence="high", mapping={"x": "y"})
+    for u, v in (("small/a", "small/b"), ("small/b", "big/t0"), ("small/a", "big/t1")):
+        g.add_edge(u, v, score=0.8, confidence="high", mapping={"x": "y"})
+
+    def starts(balance: str) -> float:
+        out = tmp_path / balance
+        out.mkdir()
+        sample_subdags(g, sampler_settings(n_dags=20, min_size=2, max_size=3, start_rule="any", answer_sink=False,
+                                           start_balance=balance), 0, out)
+        dags = read_jsonl(out / "dags.jsonl")
+        return sum(d["nodes"][0].startswith("small/") for d in dags) / len(dags)
+
+    by_server, by_tool = starts("server"), starts("tool")
+    assert by_server >= 0.3 and by_server >= 1.5 * by_tool, (by_server, by_tool)

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..stage import Stage, with_lm_usage
-from . import proposal, records, runtime, shards
+from ..results import value_of
+from . import proposal, records, runtime, shards, values
 from .proposal import HeuristicProposer, NodeContext, Proposer, hinted_values, looks_like_error, passable
 from .records import ERROR_KINDS, ORDERED, exploration_metrics, load_trajectories, write_ordered
 from .runtime import Exploration, explore
+from .values import Knowledge
 
 if TYPE_CHECKING:
     from ..settings import ExplorerSettings
@@ -61,9 +63,11 @@ def settings_from_yaml(choice: str = "heuristic", **overrides) -> ExplorerSettin
 def run(settings: ExplorerSettings, inputs: dict[str, StageResult], ctx: RunContext) -> dict:
     """Explore the sampler's DAGs (``inputs["sampler"].value``) over the servers' tools
     (``inputs["servers"].value``, tools.parquet) into ``ctx.out``; returns the metrics, with the LM
-    usage when there is an LM."""
+    usage when there is an LM. What the probe saw and repaired (``inputs["probe"]``, when it ran) feeds
+    every DAG's arguments (:class:`.values.Knowledge`)."""
+    knowledge = Knowledge.from_calls(inputs["probe"].value, value_of) if "probe" in inputs else None
     return with_lm_usage(shards.explore, ctx.lm)(ctx.executor, inputs["sampler"].value, inputs["servers"].value,
-                                                   settings, ctx)
+                                                   settings, ctx, knowledge)
 
 
 def load(folder: Path, ctx: RunContext) -> tuple[list[dict], list[dict]]:
@@ -76,5 +80,5 @@ def _params(settings: ExplorerSettings, ctx: RunContext) -> dict:
     return {"seed": ctx.seed, "lm": ctx.lm_identity if settings.kind == "dspy" else None}
 
 
-STAGE = Stage("explorer", run, load, inputs=("sampler", "servers"), params=_params,
-              code=(proposal, runtime, records, sys.modules[__name__]))
+STAGE = Stage("explorer", run, load, inputs=("sampler", "servers", "probe"), params=_params,
+              code=(proposal, runtime, records, values, sys.modules[__name__]))

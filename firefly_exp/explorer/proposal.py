@@ -7,17 +7,23 @@ Proposer``, :func:`heuristic` here or ``programs.explorer.dspy_proposer`` (the L
 
 The heuristic takes values along the DAG's field mappings from earlier outputs, then values
 observed earlier in the DAG under the same name, then the catalog's hints, then the JSON schema
-(enum, default, examples), then a type default; after a tool error it tries the next candidate.
+(const, default, examples, enum), then what the server itself says (:mod:`.values`: examples and
+formats in the description, values its probe results held, the sandbox paths its launch and seed
+name, a vocabulary of common kinds; an array or object built from its item schema), then a type
+default. After a tool error it first mines the error for valid values (``repair``: kept for the rest
+of the DAG, and from the probe for the run) and otherwise tries the next candidate; it never proposes
+the same arguments twice in one node.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..results import get_path, leaves, looks_like_error  # noqa: F401 - looks_like_error: re-exported
+from . import values as said
 
 #: what a bare ``explorer.proposer`` name may pick (and, by dotted path, the LM proposer)
 CHOICES = ("heuristic", "programs.explorer.dspy_proposer")
@@ -36,6 +42,10 @@ class NodeContext:
     rng: Any
     include_optional_prob: float = 0.5
     always_fill: frozenset = frozenset()   # optional parameters the server needs in practice (catalog)
+    knowledge: said.Knowledge | None = None   # what the probe saw and repaired (the same for every DAG)
+    paths: tuple = ()                      # the server's sandbox paths (:func:`values.sandbox_paths`)
+    repairs: dict = field(default_factory=dict)   # param -> values an error listed (this tool, this DAG)
+    tried: list = field(default_factory=list)     # the arguments proposed so far for this node
 
 
 class Proposer(Protocol):
@@ -228,12 +238,25 @@ def _unique_fitting(out: list[tuple[Any, str]], schema: dict) -> list[tuple[Any,
     return unique
 
 
+_PAIRED = re.compile(r"(^|_)(from|to|source|target|src|dst|input|output)(_|$)|^(from|to|source|target)(?=[A-Z])")
+
+
+def _pair_key(name: str) -> str | None:
+    """Parameters that name the two ends of one conversion (from_unit/to_unit, sourceTimezone/
+    targetTimezone) share a key: they should not get the same value."""
+    if not _PAIRED.search(name):
+        return None
+    return _PAIRED.sub(r"\1\3", name).lower().strip("_")
+
+
 class HeuristicProposer:
     """Schema- and data-flow-guided argument builder (no LM): see the module docstring."""
 
-    def candidates(self, name: str, schema: dict, required: bool, ctx: NodeContext) -> list[tuple[Any, str]]:
-        hinted = hinted_values(ctx.hints, ctx.tool["name"], name)
-        out = [c for c in _edge_candidates(name, ctx) if passable(c[0], name, schema, hinted)]
+    def candidates(self, name: str, schema: dict, required: bool, ctx: NodeContext,
+                   depth: int = 0) -> list[tuple[Any, str]]:
+        hinted = hinted_values(ctx.hints, ctx.tool["name"], name) if depth == 0 else []
+        out = [(v, "repair") for v in ctx.repairs.get(name, [])] if depth == 0 else []
+        out += [c for c in _edge_candidates(name, ctx) if passable(c[0], name, schema, hinted)] if depth == 0 else []
         out = _confirmed_first(out, hinted, ctx)
         for obs in reversed(ctx.observations):  # values seen earlier under the same name
             for path, v in leaves(obs["value"]):
@@ -247,12 +270,65 @@ class HeuristicProposer:
         for v in schema.get("examples") or []:
             out.append((v, "schema"))
         if schema.get("enum"):
-            out.extend((v, "schema") for v in schema["enum"])
+            enum = list(schema["enum"])
+            if not hinted:   # no hint to prefer: any listed value, not always the first
+                ctx.rng.shuffle(enum)
+            out.extend((v, "schema") for v in enum)
+        if not hinted:
+            out.extend(self.said(name, schema, ctx, depth))
         if required and not out:
             out.append((_type_default(schema), "type_default"))
         return _unique_fitting(out, schema)
 
-    def propose(self, ctx: NodeContext, attempt: int, last_error: str | None) -> tuple[dict, dict] | None:
+    def said(self, name: str, schema: dict, ctx: NodeContext, depth: int) -> list[tuple[Any, str]]:
+        """What the server says about a parameter with no hint: the description's stated values, the
+        probe's learnt and observed values, sandbox paths, the vocabulary, an array or object built
+        from its item schema (:mod:`.values`)."""
+        k, tool = ctx.knowledge, ctx.tool
+        out = [(v, "description") for v in said.stated_values(
+            schema.get("description") or said.sentences_naming(str(tool.get("description") or ""), name))]
+        if k is not None and depth == 0:
+            out += [(v, "repair") for v in k.repaired.get(tool["tool"], {}).get(name, [])]
+            out += [(v, src) for v, src in k.values_for(tool["server"], tool["name"], name, schema)
+                    if _short(v) and passable(v, name, schema, [])]
+        typ = schema.get("type")
+        if typ in ("array", "object") or isinstance(schema.get("items"), dict) or isinstance(schema.get("properties"), dict):
+            return out + (self.built(name, schema, ctx, depth) if depth < 3 else [])   # made of its parts
+        if said.is_pathlike(name, schema) and ctx.paths:
+            out += [(p, "sandbox") for p in said.path_values(name, schema, list(ctx.paths),
+                                                              str(tool.get("description") or ""))[:6]]
+        out += [(v, "vocabulary") for v in said.vocabulary_values(name, schema, ctx.rng,
+                                                                  k.tables() if k is not None else None)]
+        if depth < 3:
+            out += self.built(name, schema, ctx, depth)
+        return out
+
+    def built(self, name: str, schema: dict, ctx: NodeContext, depth: int) -> list[tuple[Any, str]]:
+        """An array of one item, or an object of its required properties, made of candidates for the
+        parts (source ``built``); nothing when a part has none but a type default."""
+        typ = schema.get("type")
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else None
+        if (typ == "array" or items) and items is not None:
+            singular = re.sub(r"(ies)$", "y", name) if name.endswith("ies") else re.sub(r"s$", "", name)
+            parts = [c for c in self.candidates(singular or name, items, True, ctx, depth + 1)
+                     if c[1] != "type_default"]
+            if not parts and singular != name:
+                parts = [c for c in self.candidates(name, items, True, ctx, depth + 1) if c[1] != "type_default"]
+            return [([v], "built") for v, _ in parts[:3]]
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
+        if typ == "object" and props:
+            obj, informed = {}, False
+            for key in schema.get("required") or list(props):
+                sub = props.get(key) if isinstance(props.get(key), dict) else {}
+                cands = self.candidates(key, sub, True, ctx, depth + 1)
+                if not cands:
+                    return []
+                obj[key] = cands[0][0]
+                informed |= cands[0][1] != "type_default"
+            return [(obj, "built")] if informed else []
+        return []
+
+    def _choices(self, ctx: NodeContext) -> tuple[dict[str, list], set] | None:
         schema = ctx.tool["input_schema"]
         required = set(schema.get("required") or [])
         props = schema.get("properties") or {}
@@ -266,7 +342,7 @@ class HeuristicProposer:
                 # optional parameters: filled along a DAG edge, or sometimes from a hint; never from a
                 # same-named value seen elsewhere, which too often has another meaning
                 cands = [c for c in cands if not c[1].startswith("pool")]
-                if not cands or (cands[0][1] != "hint" and not cands[0][1].startswith("edge")):
+                if not cands or (cands[0][1] not in ("hint", "repair") and not cands[0][1].startswith("edge")):
                     continue
                 if cands[0][1] == "hint" and name not in ctx.always_fill \
                         and ctx.rng.random() >= ctx.include_optional_prob:
@@ -274,24 +350,63 @@ class HeuristicProposer:
             chosen[name] = cands
         if required - set(chosen):
             return None
-        if attempt == 0:
-            picks = {n: 0 for n in chosen}
-        else:
-            # vary the parameters the error names first, then the others in turn
-            varying = [n for n in chosen if len(chosen[n]) > 1]
-            if not varying:
-                return None
-            named = [n for n in varying if last_error and n in last_error]
-            order = named + [n for n in varying if n not in named]
-            target = order[(attempt - 1) % len(order)]
-            idx = (attempt - 1) // len(order) + 1
-            if idx >= len(chosen[target]):
-                return None
-            picks = {n: 0 for n in chosen}
-            picks[target] = idx
-        args = {n: chosen[n][i][0] for n, i in picks.items()}
-        sources = {n: chosen[n][i][1] for n, i in picks.items()}
-        return args, sources
+        return chosen, required
+
+    @staticmethod
+    def _apart(chosen: dict[str, list], picks: dict[str, int]) -> dict[str, int]:
+        """Paired parameters (from/to) with the same picked value: the later one takes its next different value."""
+        seen: dict[str, Any] = {}
+        for n in list(picks):
+            key = _pair_key(n)
+            if key is None or chosen[n][picks[n]][1].startswith(("edge", "hint")):
+                continue
+            value = chosen[n][picks[n]][0]
+            if key in seen and seen[key] == value:
+                nxt = next((i for i in range(len(chosen[n])) if chosen[n][i][0] != value), None)
+                if nxt is not None:
+                    picks[n] = nxt
+            seen.setdefault(key, chosen[n][picks[n]][0])
+        return picks
+
+    def propose(self, ctx: NodeContext, attempt: int, last_error: str | None) -> tuple[dict, dict] | None:
+        if attempt > 0 and last_error and ctx.tried:
+            args, sources = ctx.tried[-1]
+            for n in said.repair_targets(last_error, args, sources):
+                listed = [v for v in said.repair_values(last_error) if v != args.get(n)]
+                if listed:
+                    ctx.repairs[n] = listed + [v for v in ctx.repairs.get(n, []) if v not in listed]
+        found = self._choices(ctx)
+        if found is None:
+            return None
+        chosen, _ = found
+        tried = {json.dumps(a, sort_keys=True, default=str) for a, _ in ctx.tried}
+        for picks in self._pick_sets(chosen, last_error, attempt):
+            picks = self._apart(chosen, picks)
+            args = {n: chosen[n][i][0] for n, i in picks.items()}
+            if json.dumps(args, sort_keys=True, default=str) in tried:
+                continue
+            sources = {n: chosen[n][i][1] for n, i in picks.items()}
+            ctx.tried.append((args, sources))
+            return args, sources
+        return None
+
+    @staticmethod
+    def _pick_sets(chosen: dict[str, list], last_error: str | None, attempt: int):
+        """Every parameter's first candidate, then one parameter at a time varied: those the error names
+        first, then the others in turn (at most a few dozen sets)."""
+        yield {n: 0 for n in chosen}
+        varying = [n for n in chosen if len(chosen[n]) > 1]
+        named = [n for n in varying if last_error and n in last_error]
+        order = named + [n for n in varying if n not in named]
+        for k in range(min(48, sum(len(chosen[n]) - 1 for n in order))):
+            if not order:
+                return
+            target = order[k % len(order)]
+            idx = k // len(order) + 1
+            if idx < len(chosen[target]):
+                picks = {n: 0 for n in chosen}
+                picks[target] = idx
+                yield picks
 
 
 def heuristic(settings, ctx) -> HeuristicProposer:

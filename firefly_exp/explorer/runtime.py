@@ -32,12 +32,13 @@ import polars as pl
 from tqdm import tqdm
 
 from ..mcp_client import ServerHandle, ServerStartError
-from ..results import looks_like_error, result_text, value_of
+from ..results import error_shaped, looks_like_error, result_text, value_of
 from ..seeding import rng_for
 from ..sandbox import copy_sandbox, restore_sandbox, seed_sandbox, snapshot
 from ..simulator import SEED_STATE, canonical_args, next_fingerprint
 from ..store import JsonlWriter, read_jsonl
 from .proposal import HeuristicProposer, NodeContext, Proposer
+from .values import Knowledge, sandbox_paths
 from .records import exploration_metrics, new_trajectory, timed_out, write_ordered
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Exploration:
     settings: ExplorerSettings
     seed: int
     proposer: Proposer
+    knowledge: Knowledge | None = None   # what the probe saw and repaired (values.Knowledge), for every DAG
 
 
 @dataclass
@@ -153,6 +155,7 @@ class _Session:
     pool: _Pool
     calls_out: JsonlWriter
     live: dict = field(default_factory=dict)   # per server [calls, errors], shown while the run goes
+    paths: dict = field(default_factory=dict)  # per server, its sandbox paths (:func:`_paths`)
 
     @property
     def settings(self) -> ExplorerSettings:
@@ -173,6 +176,7 @@ class _Attempt:
     mutated: set = field(default_factory=set)   # servers this DAG called a state-changing tool of
     fingerprint: str = SEED_STATE
     seq: int = 0
+    repairs: dict = field(default_factory=dict)   # tool -> param -> values an error listed (this DAG)
 
 
 async def _server_failure(server: str, handle: ServerHandle, outcome, stateful: bool, pool: _Pool) -> str | None:
@@ -242,7 +246,8 @@ async def _run_nodes(a: _Attempt, s: _Session) -> None:
         in_edges = [{**e, "source_step": step_of[e["source"]]} for e in a.dag["edges"] if e["target"] == node]
         ctx = NodeContext(a.dag, step, tool, dict(spec.get("hints") or {}), observations, in_edges,
                           rng_for(s.run.seed, "explore", a.dag["id"], step), s.settings.include_optional_prob,
-                          frozenset(spec.get("always_fill") or ()))
+                          frozenset(spec.get("always_fill") or ()), s.run.knowledge, _paths(s, tool["server"]),
+                          a.repairs.setdefault(node, {}))
         success, last_error = await _run_node(a, ctx, s)
         if success is None:
             a.record.update(status="partial" if a.record["steps"] else "failed",
@@ -254,6 +259,13 @@ async def _run_nodes(a: _Attempt, s: _Session) -> None:
     a.record.update(status="complete", reason=None)
     if s.settings.verify_writes:
         await _verify_write(a, s, observations)
+
+
+def _paths(s: _Session, server: str) -> tuple:
+    """The sandbox paths the server's catalog entry names (launch first, then seeded files), cached."""
+    if server not in s.paths:
+        s.paths[server] = tuple(sandbox_paths(s.run.specs[server]))
+    return s.paths[server]
 
 
 def _unverified_write(a: _Attempt, s: _Session) -> str | None:
@@ -271,10 +283,10 @@ def _unverified_write(a: _Attempt, s: _Session) -> str | None:
 
 def _known_inputs(ctx: NodeContext) -> bool:
     """Whether every required parameter of the context's tool has a value known to fit: from the
-    catalog's hints, an earlier result or the schema, not a type default."""
+    catalog's hints, an earlier result, the schema or the description, not a type default or the vocabulary."""
     schema = ctx.tool["input_schema"]
     props = schema.get("properties") or {}
-    return all(any(src != "type_default" for _, src in HeuristicProposer().candidates(
+    return all(any(src not in ("type_default", "vocabulary") for _, src in HeuristicProposer().candidates(
         name, props[name] if isinstance(props.get(name), dict) else {}, True, ctx))
         for name in schema.get("required") or [])
 
@@ -293,7 +305,8 @@ async def _verify_write(a: _Attempt, s: _Session, observations: list[dict]) -> N
     def context(row: dict) -> NodeContext:
         return NodeContext(a.dag, step, row, dict(spec.get("hints") or {}), observations, [],
                            rng_for(s.run.seed, "verify", a.dag["id"], row["tool"]), s.settings.include_optional_prob,
-                           frozenset(spec.get("always_fill") or ()))
+                           frozenset(spec.get("always_fill") or ()), s.run.knowledge, _paths(s, server),
+                           a.repairs.setdefault(row["tool"], {}))
 
     reads = [row for _, row in sorted(s.tools.items()) if row["server"] == server and row["read_only"]
              and not row["volatile"] and _known_inputs(context(row))]
@@ -338,8 +351,12 @@ async def _call(a: _Attempt, ctx: NodeContext, attempt: int, proposal: tuple[dic
     """Make one call and record it (``calls.jsonl``, the counts, the state fingerprint)."""
     (args, sources), tool, server = proposal, ctx.tool, ctx.tool["server"]
     outcome = await handle.call(tool["name"], args)
-    if not outcome.is_error and looks_like_error(outcome.text()):
-        # some servers report failures as ordinary text ("Error: ..."): count them as errors
+    if not outcome.is_error and (looks_like_error(outcome.text()) or (
+            s.run.specs[server].get("error_shapes", True)
+            and error_shaped(value_of({"content": outcome.content, "structured": outcome.structured})))):
+        # some servers report failures as ordinary results ("Error: ...", {"status": "error", ...},
+        # {"success": false}): count them as errors (retried, never answers); catalog `error_shapes: false`
+        # keeps a server's shaped results as data
         outcome.is_error, outcome.error_kind = True, "tool_error"
     canon = canonical_args(args, tool["input_schema"])
     call = {"episode": a.episode, "dag_id": a.dag["id"], "dag_index": a.dag["index"], "step": ctx.step,

@@ -24,13 +24,15 @@ if TYPE_CHECKING:
     from ..stage import RunContext
 
 
-def explore(executor: Executor, dags: list[dict], tools, settings: ExplorerSettings, ctx: RunContext) -> dict:
+def explore(executor: Executor, dags: list[dict], tools, settings: ExplorerSettings, ctx: RunContext,
+            knowledge=None) -> dict:
     """:func:`~.runtime.explore` of ``dags`` into ``ctx.out``, in this process or sharded across the
     executor's workers. ``ctx`` (the stage's run context) gives the specs, install folder, sandbox
-    root, seed and LM; ``settings.proposer`` names the factory of the proposer."""
+    root, seed and LM; ``settings.proposer`` names the factory of the proposer; ``knowledge`` what the
+    probe learnt (:class:`.values.Knowledge`), the same for every shard."""
     # built here even when the workers build their own: a missing LM fails in one line, not in a worker
     proposer = resolve(settings.proposer)(settings, ctx)
-    run = Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root, settings, ctx.seed, proposer)
+    run = Exploration(tools, ctx.specs, ctx.install_dir, ctx.sandbox_root, settings, ctx.seed, proposer, knowledge)
     if executor.workers < 2:
         return explore_here(dags, run, ctx.out)
     out_dir = Path(ctx.out)

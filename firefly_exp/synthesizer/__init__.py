@@ -195,6 +195,9 @@ class _TaskMaker:
             task = self.variant_task(dag_id, v_index, gold_full, per_step, variant)
             if task is None:
                 continue
+            if quality.placeholder_task(task):   # built on nothing a description or result suggested
+                self.rejected["placeholder_arguments"] += 1
+                continue
             reason = verify_task(task, self.simulator)
             if reason:
                 self.rejected[reason] += 1

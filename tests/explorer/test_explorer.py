@@ -189,7 +189,7 @@ def test_the_stage_explores_the_sampled_dags_as_explore_does(tmp_path, fixture_t
                                 settings_from_yaml(concurrency=2, call_timeout_s=10, dag_timeout_s=60), 0,
                                 HeuristicProposer()), whole)
     assert _content(out) == _content(whole)
-    assert STAGE.inputs == ("sampler", "servers")
+    assert STAGE.inputs == ("sampler", "servers", "probe")   # the probe feeds what it learnt (values.Knowledge)
 
 
 @pytest.mark.slow
