@@ -38,7 +38,8 @@ the DAGs it already started, so kept DAGs spread over the servers), then one of 
 start rule starts at its tools with any successor; ``tool`` draws among all start tools
 alike, so a server with many tools (16 unit conversions) starts most DAGs. DAGs are deduplicated by content (nodes and edges). Every DAG records its
 nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
-mixed; ``set`` for edge-less ones) and depth. Writes ``dags.jsonl`` and ``shapes.png``.
+mixed; ``set`` for edge-less ones) and depth. ``cover_servers`` (graph-guided only): a server no drawn
+DAG reached gets up to that many one-tool DAGs at its answering tools (:func:`_covering_dags`). Writes ``dags.jsonl`` and ``shapes.png``.
 """
 
 from __future__ import annotations
@@ -429,7 +430,29 @@ def _draw_dags(graph: nx.DiGraph, strategy: Strategy, proto: Draw, seed: int) ->
         dags.append(dag)
         if walker is not None:
             walker.record(nodes)
-    return dags, {"attempts": attempt, **rejected}
+    covering = _covering_dags(graph, proto, dags, seed) if walker is not None and s.cover_servers else []
+    return dags + covering, {"attempts": attempt, **rejected, "covering_dags": len(covering)}
+
+
+def _covering_dags(graph: nx.DiGraph, proto: Draw, dags: list[dict], seed: int) -> list[dict]:
+    """``cover_servers``: a server that no drawn DAG reached (no edge led to it, none of its tools could
+    start a walk) still gets up to ``cover_servers`` one-tool DAGs, at its tools whose probe answered
+    with something a task could ask for (the graph's node ``answers``), picked with the seed: each server
+    of the run is explored, if only alone."""
+    s = proto.settings
+    reached = {sv for d in dags for sv in d["servers"]}
+    out: list[dict] = []
+    by_server: dict[str, list[str]] = {}
+    for u in proto.tools:
+        if graph.nodes[u].get("answers") and graph.nodes[u].get("probe_ok") is not False:
+            by_server.setdefault(u.split("/")[0], []).append(u)
+    for server in sorted(by_server):
+        if server in reached:
+            continue
+        rng = rng_for(seed, "sampler", "cover", server)
+        for u in rng.sample(by_server[server], min(s.cover_servers, len(by_server[server]))):
+            out.append(_make_dag([u], [], seed, len(dags) + len(out), s.strategy))
+    return out
 
 
 def _rejection(graph: nx.DiGraph, walker: Walker | None, nodes: list[str], edges: list[dict],

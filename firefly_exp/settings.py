@@ -237,6 +237,7 @@ class SamplerSettings(Group):
     probe_failed: Literal["same_server", "skip", "allow"] = "same_server"
     server_weights: dict[str, float] = {}
     start_balance: Literal["server", "tool"] = "server"
+    cover_servers: int = Field(2, ge=0, le=1000)
     plot: bool = runtime(True)
 
     @field_validator("target")

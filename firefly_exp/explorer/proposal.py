@@ -287,16 +287,19 @@ class HeuristicProposer:
         k, tool = ctx.knowledge, ctx.tool
         out = [(v, "description") for v in said.stated_values(
             schema.get("description") or said.sentences_naming(str(tool.get("description") or ""), name))]
+        shaped: list = []
         if k is not None and depth == 0:
             out += [(v, "repair") for v in k.repaired.get(tool["tool"], {}).get(name, [])]
-            out += [(v, src) for v, src in k.values_for(tool["server"], tool["name"], name, schema)
-                    if _short(v) and passable(v, name, schema, [])]
+            named, shaped = k.values_for(tool["server"], tool["name"], name, schema)
+            out += [(v, src) for v, src in named if _short(v) and passable(v, name, schema, [])]
+            shaped = [(v, src) for v, src in shaped if _short(v) and passable(v, name, schema, [])]
         typ = schema.get("type")
         if typ in ("array", "object") or isinstance(schema.get("items"), dict) or isinstance(schema.get("properties"), dict):
             return out + (self.built(name, schema, ctx, depth) if depth < 3 else [])   # made of its parts
         if said.is_pathlike(name, schema) and ctx.paths:
             out += [(p, "sandbox") for p in said.path_values(name, schema, list(ctx.paths),
-                                                              str(tool.get("description") or ""))[:6]]
+                                                              str(tool.get("description") or ""), tool["name"])[:8]]
+        out += shaped   # a value of the announced pattern only: after the sandbox's own paths
         out += [(v, "vocabulary") for v in said.vocabulary_values(name, schema, ctx.rng,
                                                                   k.tables() if k is not None else None)]
         if depth < 3:
@@ -372,7 +375,12 @@ class HeuristicProposer:
         if attempt > 0 and last_error and ctx.tried:
             args, sources = ctx.tried[-1]
             for n in said.repair_targets(last_error, args, sources):
-                listed = [v for v in said.repair_values(last_error) if v != args.get(n)]
+                given = str(args.get(n))
+                # a value that merely quotes the failed one back (the path it resolved) repairs nothing
+                listed = [v for v in said.repair_values(last_error) if v != args.get(n)
+                          and not (len(given) >= 3 and given in str(v))]
+                if not listed and ctx.paths and isinstance(args.get(n), str):
+                    listed = [v for v in said.kind_repair(last_error, list(ctx.paths)) if v != args.get(n)]
                 if listed:
                     ctx.repairs[n] = listed + [v for v in ctx.repairs.get(n, []) if v not in listed]
         found = self._choices(ctx)

@@ -355,24 +355,46 @@ def sandbox_paths(spec: dict) -> list[str]:
     return _unique(launch + ordered + folders)
 
 
+def kind_repair(error: str, paths: list[str]) -> list[str]:
+    """After "not a directory" the sandbox's folders, after "is a directory" its files; else nothing.
+
+    >>> kind_repair("ENOTDIR: not a directory, scandir '/sandbox/files/a.txt'", ["/sandbox/files", "/sandbox/files/a.txt"])
+    ['/sandbox/files']
+    """
+    files = [p for p in paths if re.search(r"\.[A-Za-z0-9]{1,6}$", p)]
+    if re.search(r"not a directory|ENOTDIR", error, re.I):
+        return [p for p in paths if p not in files]
+    if re.search(r"is a directory|EISDIR|operation on a directory", error, re.I):
+        return files
+    return []
+
+
 _DIR_WORDS = {"dir", "directory", "folder", "repo", "repository", "root", "cwd", "workspace"}
 
 
-def path_values(name: str, schema: dict, paths: list[str], tool_desc: str = "") -> list[str]:
+def path_values(name: str, schema: dict, paths: list[str], tool_desc: str = "", tool_name: str = "") -> list[str]:
     """The sandbox paths that suit a path parameter: folders first for a directory or repository
-    parameter (or a tool about directories), files first otherwise.
+    parameter or tool (``repo_path``, ``list_directory``), files first for a file one (``read_file``),
+    else by what the tool's description is about; then a new file in each folder (a tool that writes).
 
     >>> path_values("repo_path", {}, ["/sandbox/repo", "/sandbox/repo/a.md"])
-    ['/sandbox/repo', '/sandbox/repo/a.md']
-    >>> path_values("file_path", {}, ["/sandbox/repo", "/sandbox/repo/a.md"])
-    ['/sandbox/repo/a.md', '/sandbox/repo']
+    ['/sandbox/repo', '/sandbox/repo/a.md', '/sandbox/repo/new-notes.txt']
+    >>> path_values("path", {}, ["/sandbox/files", "/sandbox/files/a.md"], "Only within allowed directories.", "read_file")
+    ['/sandbox/files/a.md', '/sandbox/files', '/sandbox/files/new-notes.txt']
     """
+    files_words, dir_words = {"file", "files", "filename", "filepath", "document", "text"}, _DIR_WORDS | {"tree"}
     words = _words(name)
-    wants_dir = bool(words & _DIR_WORDS) or (not words & {"file", "files", "filename"} and
-                                             re.search(r"\bdirector(?:y|ies)\b|\bfolder", tool_desc.lower()) is not None)
+    tool_words = _words(tool_name)
+    if words & dir_words or (not words & files_words and tool_words & dir_words and not tool_words & files_words):
+        wants_dir = True
+    elif words & files_words or tool_words & files_words:
+        wants_dir = False
+    else:
+        wants_dir = re.search(r"\bdirector(?:y|ies)\b|\bfolder", tool_desc.lower()) is not None
     files = [p for p in paths if re.search(r"\.[A-Za-z0-9]{1,6}$", p)]
     dirs = [p for p in paths if p not in files]
-    return dirs + files if wants_dir else files + dirs
+    fresh = [f"{d}/new-notes.txt" for d in dirs[:2]]
+    return _unique((dirs + files if wants_dir else files + dirs) + fresh)
 
 
 def is_pathlike(name: str, schema: dict) -> bool:
@@ -426,10 +448,10 @@ class Knowledge:
                     out.append(v)
         return _unique(out)
 
-    def values_for(self, server: str, tool: str, name: str, schema: dict) -> list[tuple[Any, str]]:
-        """Observed values that may suit ``name``: leaves of the same server's results under the same key, or
-        under a key the parameter's name ends in (``table_name`` <- ``name`` of a ``list_tables`` result),
-        or whose value pattern is the one the parameter's name announces."""
+    def values_for(self, server: str, tool: str, name: str, schema: dict) -> tuple[list, list]:
+        """Observed values that may suit ``name``: (leaves of the same server's results under the same key, or
+        under a key the parameter's name ends in: ``table_name`` <- ``name`` of a ``list_tables`` result;
+        leaves whose value pattern is the one the parameter's name announces, a weaker sign)."""
         words = _words(name)
         want = name_pattern(name, schema)
         same, related, shaped = [], [], []
@@ -443,4 +465,4 @@ class Knowledge:
                 related.append((v, f"probe:{src_tool}:{path}"))
             elif want and want != "number" and value_pattern(v) == want and want != "id":
                 shaped.append((v, f"probe:{src_tool}:{path}"))
-        return (same + related + shaped)[:8]
+        return (same + related)[:8], shaped[:4]
