@@ -38,8 +38,8 @@ the DAGs it already started, so kept DAGs spread over the servers), then one of 
 start rule starts at its tools with any successor; ``tool`` draws among all start tools
 alike, so a server with many tools (16 unit conversions) starts most DAGs. DAGs are deduplicated by content (nodes and edges). Every DAG records its
 nodes in execution order, its edges with their field mappings, its shape (chain, fan_out, fan_in,
-mixed; ``set`` for edge-less ones) and depth. ``cover_servers`` (graph-guided only): a server no drawn
-DAG reached gets up to that many one-tool DAGs at its answering tools (:func:`_covering_dags`). Writes ``dags.jsonl`` and ``shapes.png``.
+mixed; ``set`` for edge-less ones) and depth. ``cover_servers`` (graph-guided only): a server whose
+answering tools end no drawn DAG gets up to that many one-tool DAGs at them (:func:`_covering_dags`). Writes ``dags.jsonl`` and ``shapes.png``.
 """
 
 from __future__ import annotations
@@ -435,12 +435,15 @@ def _draw_dags(graph: nx.DiGraph, strategy: Strategy, proto: Draw, seed: int) ->
 
 
 def _covering_dags(graph: nx.DiGraph, proto: Draw, dags: list[dict], seed: int) -> list[dict]:
-    """``cover_servers``: a server that no drawn DAG reached (no edge led to it, none of its tools could
-    start a walk) still gets up to ``cover_servers`` one-tool DAGs, at its tools whose probe answered
-    with something a task could ask for (the graph's node ``answers``), picked with the seed: each server
-    of the run is explored, if only alone."""
+    """``cover_servers``: a server none of whose answering tools (the graph's node ``answers``: its probe
+    result held something a task could ask for) ends a drawn DAG (no edge led to them) still gets up to
+    ``cover_servers`` one-tool DAGs at those tools, picked with the seed: each server that can answer
+    anything is asked, if only alone."""
     s = proto.settings
-    reached = {sv for d in dags for sv in d["servers"]}
+    reached = set()
+    for d in dags:
+        sources = {e["source"] for e in d["edges"]}
+        reached |= {n.split("/")[0] for n in d["nodes"] if n not in sources and graph.nodes[n].get("answers")}
     out: list[dict] = []
     by_server: dict[str, list[str]] = {}
     for u in proto.tools:

@@ -227,3 +227,31 @@ def test_start_balance_spreads_first_tools_over_servers(tmp_path):
 
     by_server, by_tool = starts("server"), starts("tool")
     assert by_server >= 0.3 and by_server >= 1.5 * by_tool, (by_server, by_tool)
+
+
+def test_a_server_no_dag_ends_at_gets_one_tool_dags(tmp_path):
+    """cover_servers: a server whose answering tools end no drawn DAG (no edge leads to them) gets that many
+    one-tool DAGs at those tools; a tool that answers nothing gets none; 0 turns it off."""
+    g = _graph()
+    for u in g.nodes:
+        g.nodes[u]["answers"] = True
+    g.add_node("lone/ask", server="lone", answers=True, probe_ok=True)
+    g.add_node("lone/other", server="lone", answers=True, probe_ok=True)
+    g.add_node("mute/write", server="mute", answers=False, probe_ok=True)
+
+    def draw(name: str, cover: int) -> tuple[list[dict], dict]:
+        out = tmp_path / name
+        out.mkdir()
+        metrics = sample_subdags(g, sampler_settings(n_dags=12, min_size=2, max_size=3, start_rule="any",
+                                                     cover_servers=cover), 0, out)
+        return read_jsonl(out / "dags.jsonl"), metrics
+
+    dags, metrics = draw("on", 1)
+    lone = [d for d in dags if d["servers"] == ["lone"]]
+    assert metrics["covering_dags"] == 1 and len(lone) == 1 and len(lone[0]["nodes"]) == 1 and not lone[0]["edges"]
+    assert not any("mute" in d["servers"] for d in dags) and len(dags) == 13
+    assert len({d["index"] for d in dags}) == 13
+    dags, metrics = draw("two", 2)
+    assert {d["nodes"][0] for d in dags if d["servers"] == ["lone"]} == {"lone/ask", "lone/other"}
+    dags, metrics = draw("off", 0)
+    assert metrics["covering_dags"] == 0 and not any("lone" in d["servers"] for d in dags)
