@@ -294,7 +294,7 @@ class HeuristicProposer:
             out += [(v, src) for v, src in named if _short(v) and passable(v, name, schema, [])]
             shaped = [(v, src) for v, src in shaped if _short(v) and passable(v, name, schema, [])]
         typ = schema.get("type")
-        if typ in ("array", "object") or isinstance(schema.get("items"), dict) or isinstance(schema.get("properties"), dict):
+        if typ in ("array", "object") or any(isinstance(schema.get(k), dict) for k in ("items", "properties")):
             return out + (self.built(name, schema, ctx, depth) if depth < 3 else [])   # made of its parts
         if said.is_pathlike(name, schema) and ctx.paths:
             out += [(p, "sandbox") for p in said.path_values(name, schema, list(ctx.paths),
@@ -331,7 +331,8 @@ class HeuristicProposer:
             return [(obj, "built")] if informed else []
         return []
 
-    def _choices(self, ctx: NodeContext) -> tuple[dict[str, list], set] | None:
+    def _choices(self, ctx: NodeContext) -> dict[str, list] | None:
+        """Per parameter to fill, its candidates; None when a required one has none."""
         schema = ctx.tool["input_schema"]
         required = set(schema.get("required") or [])
         props = schema.get("properties") or {}
@@ -353,7 +354,7 @@ class HeuristicProposer:
             chosen[name] = cands
         if required - set(chosen):
             return None
-        return chosen, required
+        return chosen
 
     @staticmethod
     def _apart(chosen: dict[str, list], picks: dict[str, int]) -> dict[str, int]:
@@ -383,12 +384,11 @@ class HeuristicProposer:
                     listed = [v for v in said.kind_repair(last_error, list(ctx.paths)) if v != args.get(n)]
                 if listed:
                     ctx.repairs[n] = listed + [v for v in ctx.repairs.get(n, []) if v not in listed]
-        found = self._choices(ctx)
-        if found is None:
+        chosen = self._choices(ctx)
+        if chosen is None:
             return None
-        chosen, _ = found
         tried = {json.dumps(a, sort_keys=True, default=str) for a, _ in ctx.tried}
-        for picks in self._pick_sets(chosen, last_error, attempt):
+        for picks in self._pick_sets(chosen, last_error):
             picks = self._apart(chosen, picks)
             args = {n: chosen[n][i][0] for n, i in picks.items()}
             if json.dumps(args, sort_keys=True, default=str) in tried:
@@ -399,7 +399,7 @@ class HeuristicProposer:
         return None
 
     @staticmethod
-    def _pick_sets(chosen: dict[str, list], last_error: str | None, attempt: int):
+    def _pick_sets(chosen: dict[str, list], last_error: str | None):
         """Every parameter's first candidate, then one parameter at a time varied: those the error names
         first, then the others in turn (at most a few dozen sets)."""
         yield {n: 0 for n in chosen}
