@@ -116,11 +116,16 @@ def _edge(u: str, v: str, d: dict) -> dict:
     return {"source": u, "target": v, "score": d["score"], "confidence": d["confidence"], "mapping": d["mapping"]}
 
 
+def _sinks(nodes: list[str], edges: list[dict]) -> list[str]:
+    """The DAG's tools no edge leaves: where it ends."""
+    sources = {e["source"] for e in edges}
+    return [n for n in nodes if n not in sources]
+
+
 def _answer_sink(graph: nx.DiGraph, nodes: list[str], edges: list[dict]) -> bool:
     """Whether a DAG ends in a tool whose probe result held answer material (node ``answers``; unknown,
     without a probe, counts as yes): a DAG whose last calls only write, echo or fail gives no task."""
-    sources = {e["source"] for e in edges}
-    return any(graph.nodes[n].get("answers") is not False for n in nodes if n not in sources)
+    return any(graph.nodes[n].get("answers") is not False for n in _sinks(nodes, edges))
 
 
 def _feeds(graph: nx.DiGraph, u: str, v: str, d: dict, probe_failed: str) -> bool:
@@ -440,10 +445,7 @@ def _covering_dags(graph: nx.DiGraph, proto: Draw, dags: list[dict], seed: int) 
     ``cover_servers`` one-tool DAGs at those tools, picked with the seed: each server that can answer
     anything is asked, if only alone."""
     s = proto.settings
-    reached = set()
-    for d in dags:
-        sources = {e["source"] for e in d["edges"]}
-        reached |= {n.split("/")[0] for n in d["nodes"] if n not in sources and graph.nodes[n].get("answers")}
+    reached = {n.split("/")[0] for d in dags for n in _sinks(d["nodes"], d["edges"]) if graph.nodes[n].get("answers")}
     out: list[dict] = []
     by_server: dict[str, list[str]] = {}
     for u in proto.tools:

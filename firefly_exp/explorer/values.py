@@ -361,12 +361,18 @@ def kind_repair(error: str, paths: list[str]) -> list[str]:
     >>> kind_repair("ENOTDIR: not a directory, scandir '/sandbox/files/a.txt'", ["/sandbox/files", "/sandbox/files/a.txt"])
     ['/sandbox/files']
     """
-    files = [p for p in paths if re.search(r"\.[A-Za-z0-9]{1,6}$", p)]
+    files, dirs = _files_and_folders(paths)
     if re.search(r"not a directory|ENOTDIR", error, re.I):
-        return [p for p in paths if p not in files]
+        return dirs
     if re.search(r"is a directory|EISDIR|operation on a directory", error, re.I):
         return files
     return []
+
+
+def _files_and_folders(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The paths that end in a file extension, and the others (folders), each in order."""
+    files = [p for p in paths if re.search(r"\.[A-Za-z0-9]{1,6}$", p)]
+    return files, [p for p in paths if p not in files]
 
 
 _DIR_WORDS = {"dir", "directory", "folder", "repo", "repository", "root", "cwd", "workspace"}
@@ -391,8 +397,7 @@ def path_values(name: str, schema: dict, paths: list[str], tool_desc: str = "", 
         wants_dir = False
     else:
         wants_dir = re.search(r"\bdirector(?:y|ies)\b|\bfolder", tool_desc.lower()) is not None
-    files = [p for p in paths if re.search(r"\.[A-Za-z0-9]{1,6}$", p)]
-    dirs = [p for p in paths if p not in files]
+    files, dirs = _files_and_folders(paths)
     fresh = [f"{d}/new-notes.txt" for d in dirs[:2]]
     return _unique((dirs + files if wants_dir else files + dirs) + fresh)
 
