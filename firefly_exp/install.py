@@ -436,6 +436,34 @@ def install_servers(specs: list[dict], install_dir: Path, jobs: int = 3, check: 
     return results
 
 
+def ensure_faketime(specs: list[dict]) -> bool:
+    """Install libfaketime (Debian package ``faketime``) when an entry stops its clock (``clock``) and it is
+    missing, where this machine allows (root or password-less sudo, apt-get); else one line saying the run
+    will use the real clock. True when it is there."""
+    from .mcp_client import faketime_lib
+
+    if not any(s.get("clock") for s in specs) or faketime_lib():
+        return True
+    apt = shutil.which("apt-get")
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt and sudo is not None:
+        for argv in ([*sudo, apt, "install", "-y", "-q", "--no-install-recommends", "faketime"],
+                     [*sudo, apt, "update", "-q"],
+                     [*sudo, apt, "install", "-y", "-q", "--no-install-recommends", "faketime"]):
+            try:
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            except (OSError, subprocess.TimeoutExpired):
+                break
+            if faketime_lib():
+                print("installed libfaketime (apt-get install faketime): clock-reading servers answer the same "
+                      "on every run")
+                return True
+    print("warning: libfaketime is missing and could not be installed (apt-get install faketime): servers with "
+          "a `clock` will run on the real clock, their clock reads volatile", file=sys.stderr)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m firefly_exp.install", description=__doc__.split("\n\n")[0])
     parser.add_argument("ids", nargs="*", help="catalog ids to install (default: every catalog entry)")
@@ -454,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [i for i in ids if i not in catalog]
     if unknown:
         parser.error(f"unknown server id(s): {', '.join(unknown)} (catalog has: {', '.join(catalog)})")
+    ensure_faketime([catalog[i] for i in ids])
     results = install_servers([catalog[i] for i in ids], args.install_dir, jobs=args.jobs, check=not args.no_check,
                               force_check=args.recheck)
     failed = sorted(sid for sid, status in results.items() if status.startswith("FAILED"))

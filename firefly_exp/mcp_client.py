@@ -37,6 +37,31 @@ QUIET_ENV = {"FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_SHOW_SERVER_BANNER": "
 # in UTC, and a fixed string hash for Python servers (set and dict-of-hash order, hash()-based ids).
 STABLE_ENV = {"TZ": "UTC", "PYTHONHASHSEED": "0"}
 
+# A catalog entry's `clock` (an instant, UTC) stops the server's clock there with libfaketime
+# (Debian package `faketime`): its clock reads answer the same on every run. Only the wall clock is
+# stopped; the monotonic clock runs, so the server's timers and event loop work.
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1")
+
+
+def faketime_lib() -> str | None:
+    """The libfaketime found on this machine (``FIREFLY_FAKETIME_LIB`` first), or None."""
+    for path in (os.environ.get("FIREFLY_FAKETIME_LIB"), *FAKETIME_LIBS):
+        if path and Path(path).is_file():
+            return path
+    return None
+
+
+def clock_env(instant: str) -> dict[str, str]:
+    """The environment that stops a process's wall clock at ``instant`` ("YYYY-MM-DD HH:MM:SS", UTC); none
+    without libfaketime (the run's settings then drop ``clock`` and say so: ServersSettings.specs)."""
+    lib = faketime_lib()
+    if lib is None:
+        return {}
+    return {"LD_PRELOAD": lib, "FAKETIME": instant, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "DONT_FAKE_MONOTONIC": "1"}
+
 
 class ServerStartError(RuntimeError):
     """A server could not be launched or did not answer ``initialize``."""
@@ -139,6 +164,8 @@ def launch_parameters(spec: dict, install_dir: Path, sandbox: Path):
     # stays in the sandbox; the SDK adds only PATH, USER, SHELL, TERM, LOGNAME (no API keys)
     env = {"HOME": str(Path(sandbox) / "home"), "TMPDIR": str(Path(sandbox) / "tmp"), **QUIET_ENV, **STABLE_ENV}
     env.update({k: str(v) for k, v in expand(dict(spec.get("env") or {}), **places).items()})
+    if spec.get("clock"):
+        env.update(clock_env(str(spec["clock"])))
     return StdioServerParameters(
         command=command, args=[str(a) for a in expand(list(spec.get("args") or []), **places)],
         env=env, cwd=str(sandbox),

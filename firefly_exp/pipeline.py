@@ -12,6 +12,7 @@ opens the run (folder, servers check, LM check, executor), runs each stage at it
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def open_run(settings: Settings, run_dir: Path | None = None) -> RunContext:
     run_dir = Path(run_dir or hydra_info.output_dir() or
                    Path(settings.paths.outputs) / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{settings.name}")
     specs = settings.servers.specs()
+    unfrozen = settings.servers.real_clock()
+    if unfrozen:
+        print(f"warning: libfaketime not found, so {', '.join(unfrozen)} run on the real clock and their clock "
+              f"reads are volatile (never answers): apt-get install faketime (make servers does it where it can)",
+              file=sys.stderr)
     check_installed(specs, Path(settings.servers.install_dir))
     lm = configure_lm(settings.lm)
     check_lm(lm, settings.lm)

@@ -76,19 +76,30 @@ def leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def get_path(value: Any, path: str, default: Any = _MISSING) -> Any:
-    """Follow a dotted path into a JSON value; '' is the value itself."""
+    """Follow a dotted path into a JSON value; '' is the value itself. A key holding dots (a file name
+    keyed results: ``{"/docs/notes.md": {...}}``) is found too, as :func:`leaves` wrote it.
+
+    >>> get_path({"/a/notes.md": {"ranges": [{"end": 8}]}}, "/a/notes.md.ranges.0.end")
+    8
+    """
     if path == "":
         return value
-    cur = value
-    for part in path.split("."):
+    cur, parts, i = value, path.split("."), 0
+    while i < len(parts):
+        part = parts[i]
         if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
+            cur, i = cur[part], i + 1
+            continue
+        if isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur, i = cur[int(part)], i + 1
+            continue
+        joined = next((j for j in range(i + 2, len(parts) + 1)
+                       if isinstance(cur, dict) and ".".join(parts[i:j]) in cur), None)
+        if joined is None:
             if default is _MISSING:
                 raise KeyError(path)
             return default
+        cur, i = cur[".".join(parts[i:joined])], joined
     return cur
 
 
@@ -162,19 +173,26 @@ _FAILED_STATUS = {"error", "failed", "failure", "fail", "err"}
 def error_shaped(value: Any) -> bool:
     """Whether a result that came back as a success is shaped as a failure at its top level: a
     ``status``/``state``/``outcome`` of error or failed, a non-empty ``error`` entry (a number is an
-    error *estimate*, not a failure), ``success``/``ok`` false, or a text that opens like an error.
+    error *estimate*, not a failure), ``success``/``ok`` false, or a text that opens like an error; or
+    results per item (keyed by path or id) that all failed so.
 
     >>> [error_shaped(v) for v in ({"status": "error", "message": "Request not found"}, {"error": "no such id"},
     ...                            {"success": False, "reason": "x"}, {"error": None, "rows": 3},
     ...                            {"value": 1.41, "error": 0.002}, {"status": "ok"}, "Failed to open x", [1])]
     [True, True, True, False, False, False, True, False]
+    >>> error_shaped({"/a.txt": {"result": "error", "reason": "Empty patches list"}}), error_shaped(
+    ...     {"/a.txt": {"result": "error"}, "/b.txt": {"result": "ok"}})
+    (True, False)
     """
     if isinstance(value, str):
         return looks_like_error(value)
     if not isinstance(value, dict):
         return False
+    if value and all(isinstance(v, dict) and v for v in value.values()) and not (
+            {str(k).lower() for k in value} & {"status", "state", "outcome", "result", "error", "success", "ok"}):
+        return all(error_shaped(v) for v in value.values())   # results per item, every one failed
     low = {str(k).lower(): v for k, v in value.items()}
-    for key in ("status", "state", "outcome"):
+    for key in ("status", "state", "outcome", "result"):
         if isinstance(low.get(key), str) and low[key].strip().lower() in _FAILED_STATUS:
             return True
     for key in ("error", "errors", "exception"):

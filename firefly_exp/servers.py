@@ -66,7 +66,8 @@ async def _discover_one(spec: dict, install_dir: Path, sandbox: Path, startup_ti
                                               f"{type(exc).__name__}: {exc}")
         return report, []
     rows = []
-    volatile = set(spec.get("volatile_tools") or [])
+    # a tool reading the clock is volatile unless the clock is stopped (`clock`, libfaketime present)
+    volatile = set(spec.get("volatile_tools") or []) | (set() if spec.get("clock") else set(spec.get("clock_tools") or []))
     for tool in tools:
         schema = {"input": tool.get("inputSchema") or {}, "output": tool.get("outputSchema")}
         rows.append({

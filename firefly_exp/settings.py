@@ -129,10 +129,24 @@ class ServerSpec(Group):
     init_calls: list[dict] = []
     always_fill: list[str] = []
     volatile_tools: list[str] = []
+    clock_tools: list[str] = []   # read the wall clock: volatile unless `clock` stops it
     read_only_tools: list[str] = []
     error_shapes: bool = True     # false: a result shaped {"status": "error"} etc. is data for this server
+    clock: Optional[str] = None   # "YYYY-MM-DD HH:MM:SS" (UTC): the server's wall clock stopped there (libfaketime)
 
-    @field_validator("hints", "env", "seed", "args", "volatile_tools", "read_only_tools", "init_calls",
+    @field_validator("clock")
+    @classmethod
+    def _instant(cls, value):
+        import datetime
+
+        if value is not None:
+            try:
+                datetime.datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S")
+            except ValueError:
+                raise ValueError(f"clock '{value}' is not an instant; write \"YYYY-MM-DD HH:MM:SS\" (UTC)") from None
+        return value
+
+    @field_validator("hints", "env", "seed", "args", "volatile_tools", "clock_tools", "read_only_tools", "init_calls",
                      "always_fill", mode="before")
     @classmethod
     def _none_is_empty(cls, v, info):
@@ -151,6 +165,9 @@ class ServersSettings(Group):
     install_dir: str = runtime(description="the servers' install prefix (paths.servers)")
     use_hints: bool = Field(True, description="false: every entry's hints, init_calls and always_fill are "
                                               "dropped, as for a server a user adds with none (+experiment=no_hints)")
+    frozen_clock: bool = Field(True, description="an entry's `clock` stops its server's wall clock there "
+                                                 "(libfaketime; without it, or false, the real clock: the probe then "
+                                                 "finds its clock reads volatile)")
 
     @model_validator(mode="after")
     def _known_servers(self):
@@ -166,7 +183,20 @@ class ServersSettings(Group):
         """The enabled catalog entries as plain dicts, each with its id (without the hand-written help when
         ``use_hints`` is false)."""
         none = {} if self.use_hints else {"hints": {}, "init_calls": [], "always_fill": []}
-        return {sid: {**self.catalog[sid].plain(), **none, "id": sid} for sid in self.enabled}
+        real = {} if self.frozen_clock and self.clock_available() else {"clock": None}
+        return {sid: {**self.catalog[sid].plain(), **none, **real, "id": sid} for sid in self.enabled}
+
+    @staticmethod
+    def clock_available() -> bool:
+        from .mcp_client import faketime_lib
+
+        return faketime_lib() is not None
+
+    def real_clock(self) -> list[str]:
+        """The enabled servers whose entry stops the clock but which run on the real one (no libfaketime)."""
+        if not self.frozen_clock:
+            return []
+        return [] if self.clock_available() else [s for s in self.enabled if self.catalog[s].clock]
 
 
 class GraphWeights(Group):

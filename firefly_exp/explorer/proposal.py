@@ -164,9 +164,14 @@ def _type_default(schema: dict) -> Any:
         return False
     if typ == "array":
         item = schema.get("items") if isinstance(schema.get("items"), dict) else {}
-        return [_type_default(item)] if item.get("type") in ("string", "integer", "number") else []
-    if typ == "object":
-        return {}
+        if item.get("type") in ("string", "integer", "number") or (item.get("type") == "object" and item.get("required")):
+            return [_type_default(item)]   # one item, not an empty list that asks for nothing
+        return []
+    if typ == "object":   # its required properties, each its default or its type's
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {k: (props[k]["default"] if "default" in props.get(k, {}) else
+                    _type_default(props[k] if isinstance(props.get(k), dict) else {}))
+                for k in schema.get("required") or [] if isinstance(props.get(k), dict)}
     return "example"
 
 
@@ -326,8 +331,10 @@ class HeuristicProposer:
                 cands = self.candidates(key, sub, True, ctx, depth + 1)
                 if not cands:
                     return []
-                obj[key] = cands[0][0]
-                informed |= cands[0][1] != "type_default"
+                told = [c for c in cands if c[1] != "type_default"]   # one of the first few, drawn per DAG:
+                pick = told[ctx.rng.randrange(min(len(told), 4))] if told else cands[0]   # not one file forever
+                obj[key] = pick[0]
+                informed |= pick[1] != "type_default"
             return [(obj, "built")] if informed else []
         return []
 
