@@ -9,6 +9,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from stage_settings import graph_settings
@@ -18,7 +19,7 @@ from firefly_exp.explorer import Exploration, HeuristicProposer, NodeContext, ex
     settings_from_yaml
 from firefly_exp.explorer.values import Knowledge
 from firefly_exp.graph import GraphInputs, build_graph, load_graph
-from firefly_exp.probe import probe_dags
+from firefly_exp.probe import REPEAT, SECOND, probe_dags, probe_tools
 from firefly_exp.results import value_of
 from firefly_exp.schemas import declared_schema
 from firefly_exp.servers import discover_tools, load_tools
@@ -104,3 +105,22 @@ def test_an_error_listing_valid_values_repairs_the_call_and_is_kept_for_the_run(
     assert knowledge.repaired == {"newuser/weigh": {"unit": ["g"]}}
     later = _explore(tools, folder, tmp_path / "explore", [{**_dag("weigh"), "id": "later"}], knowledge=knowledge)
     assert len(later) == 1 and not later[0]["is_error"] and later[0]["arguments"]["unit"] == "g"
+
+
+def test_the_probe_second_pass_answers_with_what_the_first_saw_and_repeats_only_answers(new_user, tmp_path):
+    """get_request fails on a made-up id in the first pass; the second pass passes the id list_requests
+    returned. Only answered calls are repeated (a failure is never compared for volatility)."""
+    folder, tools = new_user
+    ctx = SimpleNamespace(specs={"newuser": SPEC}, install_dir=folder, sandbox_root=tmp_path / "sb", seed=0,
+                          out=tmp_path / "probe")
+    metrics = probe_tools(tools, ctx, settings_from_yaml(concurrency=1, call_timeout_s=10, dag_timeout_s=60,
+                                                         max_retries=3))
+    first = load_trajectories(ctx.out)[1]
+    second = load_trajectories(ctx.out / SECOND)[1]
+    assert "get_request" in {c["tool"] for c in first if c["is_error"]} - {c["tool"] for c in first if not c["is_error"]}
+    assert any(c["tool"] == "get_request" and not c["is_error"] and c["arguments"] == {"request_id": "r-1001"}
+               for c in second)
+    answered_first = {c["tool"] for c in first if not c["is_error"]}
+    assert {c["tool"] for c in load_trajectories(ctx.out / REPEAT)[1]} == answered_first
+    assert {c["tool"] for c in load_trajectories(ctx.out / REPEAT / SECOND)[1]} == {"get_request"}
+    assert metrics["tools_answered"] == len(answered_first) + 1
