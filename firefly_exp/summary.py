@@ -47,7 +47,8 @@ def finish(ctx: RunContext, results: dict[str, StageResult]) -> dict:
 def server_yield(ctx: RunContext, r: dict[str, StageResult]) -> dict:
     """``servers.<id>``: each server's launch report and what it gave at every stage (tools, tools the probe
     got an answer from, explored calls and errors, verified tasks using it), so the server that needs
-    attention shows at once; ``servers.hint_free``: the enabled servers whose catalog entry has no hints."""
+    attention shows at once, and ``clock``, the instant its wall clock was stopped at (null: the real clock);
+    ``servers.hint_free``: the enabled servers whose catalog entry has no hints."""
     probe = r["probe"].metrics.get("answered_by_server", {}) if "probe" in r else {}
     calls, errors = (r["explorer"].metrics.get(k, {}) for k in ("calls_by_server", "errors_by_server"))
     tasks = Counter(sv for t in r["synthesizer"].value for sv in {c["server"] for c in t["gold_calls"]})
@@ -57,7 +58,7 @@ def server_yield(ctx: RunContext, r: dict[str, StageResult]) -> dict:
         out[sv] = {**{k: rep.get(k) for k in ("status", "server_version", "n_tools", "tools_hash", "reason")},
                    "probe_answered_tools": probe.get(sv, 0) if "probe" in r else None,
                    "explored_calls": calls.get(sv, 0), "explored_errors": errors.get(sv, 0),
-                   "verified_tasks": tasks.get(sv, 0)}
+                   "verified_tasks": tasks.get(sv, 0), "clock": (ctx.specs.get(sv) or {}).get("clock")}
     out["hint_free"] = sorted(sv for sv, spec in ctx.specs.items() if not spec.get("hints"))
     return out
 
