@@ -284,13 +284,18 @@ def repair_values(error: str | None) -> list:
     ['/sandbox/x', '/sandbox/files']
     >>> repair_values("Error: no such table: example")
     []
+    >>> repair_values("Invalid time format. Expected HH:MM [24-hour format]")   # a format's ':' lists nothing
+    ['14:30']
     """
     if not error:
         return []
     out: list = []
     for line in error.splitlines()[:20]:
+        formats = [m.span(1) for m in _FORMAT.finditer(line)]
         for rx in (_LISTED, _MUST, _MEANT):
             for m in rx.finditer(line):
+                if any(a < m.start(1) <= b for a, b in formats):
+                    continue   # "Expected HH:MM": the list would start inside the format
                 listed = m.group(1)
                 quoted = [next(g for g in q.groups() if g) for q in _QUOTED.finditer(listed)]
                 out.extend(quoted or _split_list(re.split(r"[.;]\s|\s\[", listed)[0]))
