@@ -260,9 +260,18 @@ def placeholder_task(task: dict) -> bool:
     False
     >>> placeholder_task({"gold_calls": [{"arguments": {}}]})   # a tool that needs nothing
     False
+    >>> placeholder_task({"gold_calls": [{"arguments": {"files": [{"contents": "example"}]}}]})   # built of defaults
+    True
     """
     args = [v for c in task["gold_calls"] for v in (c.get("arguments") or {}).values()]
-    return bool(args) and all(normalise(v) in PLACEHOLDERS for v in args)
+    return bool(args) and all(_placeholder(v) for v in args)
+
+
+def _placeholder(value) -> bool:
+    """A type default, or an object or array made of type defaults only."""
+    if isinstance(value, (dict, list)) and value:
+        return all(_placeholder(v) for v in (value.values() if isinstance(value, dict) else value))
+    return normalise(value) in PLACEHOLDERS
 
 
 def error_fields(task: dict) -> list[str]:
