@@ -166,8 +166,8 @@ class ServersSettings(Group):
     use_hints: bool = Field(True, description="false: every entry's hints, init_calls and always_fill are "
                                               "dropped, as for a server a user adds with none (+experiment=no_hints)")
     frozen_clock: bool = Field(True, description="an entry's `clock` stops its server's wall clock there "
-                                                 "(libfaketime; without it, or false, the real clock: the probe then "
-                                                 "finds its clock reads volatile)")
+                                                 "(libfaketime; without it, or false, the real clock, and its "
+                                                 "`clock_tools` are volatile: never answers)")
 
     @model_validator(mode="after")
     def _known_servers(self):

@@ -154,6 +154,7 @@ def test_bad_input_is_one_line_and_exit_2(overrides, words, tmp_path):
     for word in words:
         assert word in err, (word, err)
     assert not (outputs / "store").exists() and not (outputs / "mlflow.db").exists()
-    # every job is checked before the pipeline is even imported: ~2 s on an idle machine. The limit is
-    # on the process's own CPU time, which the other work of a loaded machine does not stretch
-    assert cpu < 5 and took < 30, (cpu, took)
+    # every job is checked before the pipeline is even imported: ~2 s on an idle machine, 5-6 s on a slow
+    # one where the check imports dspy (explorer=dspy, an LM check). The limit is on the process's own CPU
+    # time, which the other work of a loaded machine does not stretch; starting servers or a stage costs more
+    assert cpu < 12 and took < 45, (cpu, took)

@@ -4,12 +4,14 @@ the stopped instant and is no longer volatile; without ``clock`` it is volatile 
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import FIXTURES
 from firefly_exp.explorer import Exploration, HeuristicProposer, explore, load_trajectories, settings_from_yaml
 from firefly_exp.mcp_client import faketime_lib, launch_parameters
+from firefly_exp.probe import probe_tools
 from firefly_exp.servers import discover_tools, load_tools
 from firefly_exp.settings import ServerSpec
 
@@ -56,3 +58,18 @@ def test_the_stopped_clock_leaves_the_monotonic_clock_running(tmp_path):
 def test_a_clock_that_is_no_instant_is_refused_with_the_format():
     with pytest.raises(ValueError, match="YYYY-MM-DD HH:MM:SS"):
         ServerSpec(package="p", version="1", registry="pypi", command="c", clock="tomorrow")
+
+
+@pytest.mark.parametrize("clock", [None, INSTANT])
+def test_the_probe_finds_a_running_clock_volatile_and_a_stopped_one_not(tmp_path, clock):
+    """No catalog help (no ``clock_tools``): the probe's repeat, a second later, tells them apart."""
+    if clock and faketime_lib() is None:
+        pytest.skip("libfaketime is not installed (make servers installs it: apt-get install faketime)")
+    spec = {**SPEC, "clock_tools": [], "clock": clock}
+    discover_tools([spec], tmp_path, tmp_path / "sb", tmp_path)
+    ctx = SimpleNamespace(specs={"clock": spec}, install_dir=tmp_path, sandbox_root=tmp_path / "sb", seed=0,
+                          out=tmp_path / "probe")
+    metrics = probe_tools(load_tools(tmp_path), ctx, settings_from_yaml(concurrency=1, call_timeout_s=10,
+                                                                        dag_timeout_s=60, max_retries=0))
+    assert metrics["tools_answered"] == 1
+    assert metrics["volatile_tools"] == ([] if clock else ["clock/now"])

@@ -78,7 +78,7 @@ def test_every_answer_field_names_one_value(smoke_runs):
     as well, so the question has one right answer."""
     from firefly_exp.results import leaves, value_of
     from firefly_exp.synthesizer import path_key, path_text
-    from firefly_exp.synthesizer.goal import ordinal
+    from firefly_exp.synthesizer.goal import key_words, ordinal
 
     tasks = read_jsonl(smoke_runs[0]["stages"]["synthesizer"]["folder"] + "/tasks.jsonl")
     repeated = 0
@@ -92,9 +92,14 @@ def test_every_answer_field_names_one_value(smoke_runs):
             if others:
                 repeated += 1
                 description = t["answer_schema"][name]["description"]
-                if t["synthesizer"] == "goal":   # the place in words: every list position as an ordinal
-                    positions = [int(part) for part in prov["path"].split(".") if part.isdigit()]
-                    assert positions and all(ordinal(i) in description for i in positions), (prov, description)
+                if t["synthesizer"] == "goal":   # the place in words: every list position as an ordinal,
+                    parts = prov["path"].split(".")     # or the object it sits in ("the datetime of the source")
+                    positions = [int(part) for part in parts if part.isdigit()]
+                    parent = next((p for p in reversed(parts[:-1]) if not p.isdigit()), None)
+                    assert positions or parent, (prov, description)
+                    assert all(ordinal(i) in description for i in positions), (prov, description)
+                    if not positions:
+                        assert all(w in description.lower() for w in key_words(parent)), (prov, description)
                     assert description in t["question"]
                 else:                            # the recipe's: the path itself
                     assert f" at {where} " in description, t["answer_schema"][name]

@@ -151,7 +151,7 @@ def test_servers_get_only_their_declared_environment(monkeypatch):
     SDK's PATH/USER/SHELL/TERM/LOGNAME; a secret in ours never reaches it."""
     from mcp.client.stdio import get_default_environment
 
-    from firefly_exp.mcp_client import QUIET_ENV, STABLE_ENV, launch_parameters
+    from firefly_exp.mcp_client import QUIET_ENV, STABLE_ENV, clock_env, launch_parameters
 
     monkeypatch.setenv("OPENAI_API_KEY", _SECRET)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", _SECRET)
@@ -162,8 +162,10 @@ def test_servers_get_only_their_declared_environment(monkeypatch):
         if not installed(sid):
             continue
         params = launch_parameters(spec, PROJECT_ROOT / ".servers", Path("/tmp/firefly-env-check"))
-        # the quiet switches only turn registry update checks and banners off; the stable ones pin TZ and hashing
-        assert set(params.env) <= {"HOME", "TMPDIR", *QUIET_ENV, *STABLE_ENV, *(spec.get("env") or {})}, sid
+        # the quiet switches only turn registry update checks and banners off; the stable ones pin TZ and hashing;
+        # an entry with a `clock` gets libfaketime's switches (the instant, not ours)
+        clock = set(clock_env(spec["clock"])) if spec.get("clock") else set()
+        assert set(params.env) <= {"HOME", "TMPDIR", *QUIET_ENV, *STABLE_ENV, *(spec.get("env") or {}), *clock}, sid
         assert _SECRET not in repr(params.env), sid
         checked += 1
     assert checked >= 10
