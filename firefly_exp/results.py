@@ -93,8 +93,8 @@ def get_path(value: Any, path: str, default: Any = _MISSING) -> Any:
         if isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
             cur, i = cur[int(part)], i + 1
             continue
-        joined = next((j for j in range(i + 2, len(parts) + 1)
-                       if isinstance(cur, dict) and ".".join(parts[i:j]) in cur), None)
+        joined = next((j for j in range(i + 2, len(parts) + 1) if ".".join(parts[i:j]) in cur), None) \
+            if isinstance(cur, dict) else None
         if joined is None:
             if default is _MISSING:
                 raise KeyError(path)

@@ -169,8 +169,7 @@ def _type_default(schema: dict) -> Any:
         return []
     if typ == "object":   # its required properties, each its default or its type's
         props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        return {k: (props[k]["default"] if "default" in props.get(k, {}) else
-                    _type_default(props[k] if isinstance(props.get(k), dict) else {}))
+        return {k: props[k]["default"] if "default" in props[k] else _type_default(props[k])
                 for k in schema.get("required") or [] if isinstance(props.get(k), dict)}
     return "example"
 
